@@ -1,0 +1,78 @@
+"""The one-to-one map between two vocabularies' tokens that stand for the same text.
+
+Two tokens match when they decode to the same bytes: `Ġthe` (byte-level BPE) and `▁the` (SentencePiece) both
+are b" the"; `<0x41>` (byte fallback) and `A` are both b"A" (the regular piece is preferred). Special tokens have
+no text; EOS maps to EOS and BOS to BOS when both tokenizers have one. Built once from the vocabularies with
+dictionary look-ups; the result is two aligned id tensors used as gather indices by GOLD.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from distill.align.spans import _token_bytes
+from distill.align.token_bytes import TokenBytes
+
+
+def _first_id_per_text(table: TokenBytes) -> dict[bytes, int]:
+    """bytes -> the id to use for them: regular pieces before byte-fallback ones, then the lowest id."""
+    best: dict[bytes, tuple[bool, int]] = {}
+    for i, piece in enumerate(table.pieces):
+        if not piece or table.special[i]:
+            continue
+        rank = (i in table.fallback_ids, i)
+        if piece not in best or rank < best[piece]:
+            best[piece] = rank
+    return {piece: rank[1] for piece, rank in best.items()}
+
+
+class VocabMap:
+    """Tokens with the same surface text in a student and a teacher vocabulary.
+
+    Attributes:
+        student_ids, teacher_ids: `[M]` long tensors; `student_ids[i]` and `teacher_ids[i]` are the same text.
+        student_size, teacher_size: vocabulary sizes (ids the tokenizers can produce).
+    """
+
+    def __init__(self, student_tokenizer, teacher_tokenizer) -> None:
+        student, teacher = _token_bytes(student_tokenizer), _token_bytes(teacher_tokenizer)
+        s_index = _first_id_per_text(student)
+        t_index = _first_id_per_text(teacher)
+        pairs = sorted((s_index[text], t_id) for text, t_id in t_index.items() if text in s_index)
+        for name in ("eos_token_id", "bos_token_id"):
+            s_special, t_special = getattr(student_tokenizer, name, None), getattr(teacher_tokenizer, name, None)
+            if s_special is not None and t_special is not None:
+                pairs.append((int(s_special), int(t_special)))
+        pairs = sorted(set(pairs))
+        self.student_ids = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+        self.teacher_ids = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+        self.student_size = len(student)
+        self.teacher_size = len(teacher)
+
+    @property
+    def num_matched(self) -> int:
+        return int(self.student_ids.numel())
+
+    @property
+    def student_coverage(self) -> float:
+        """Share of the student vocabulary that has a teacher counterpart."""
+        return self.num_matched / max(self.student_size, 1)
+
+    @property
+    def teacher_coverage(self) -> float:
+        """Share of the teacher vocabulary that has a student counterpart."""
+        return self.num_matched / max(self.teacher_size, 1)
+
+    def to(self, device: torch.device | str) -> VocabMap:
+        self.student_ids = self.student_ids.to(device)
+        self.teacher_ids = self.teacher_ids.to(device)
+        return self
+
+    def summary(self) -> str:
+        return (
+            f"{self.num_matched} tokens in common: {self.student_coverage:.1%} of the student's {self.student_size}, "
+            f"{self.teacher_coverage:.1%} of the teacher's {self.teacher_size}"
+        )
+
+    def __repr__(self) -> str:
+        return f"VocabMap({self.summary()})"

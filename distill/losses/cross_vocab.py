@@ -1,0 +1,175 @@
+"""Cross-tokenizer objectives: ULD (sorted-probability Wasserstein) and GOLD (matched JSD + ULD on the rest).
+
+Both compare a student and a teacher whose vocabularies differ (`[B, Ts, Vs]` vs `[B, Tt, Vt]`). Positions are
+paired either one-to-one (`alignment=None`: same `[B, T]`, ULD's positional truncation done by the caller) or
+by span groups (`alignment=AlignedGroups`, from `distill.align.align_spans` or `dtw_align`), where each side's
+rows in a group are merged with `merge` ("bayesian" chain rule by default, or "observed"). With an alignment
+the unit of the mean is the group; `mask` must cover every aligned student position.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import torch
+
+from distill.align.merge import MergeStrategy
+from distill.align.spans import AlignedGroups
+from distill.align.vocab import VocabMap
+from distill.losses import divergences as div
+from distill.losses._common import (
+    Reduction,
+    check_logits,
+    check_mask,
+    check_positive,
+    check_reduction,
+    check_same_positions,
+    check_unit_interval,
+    reduce_units,
+)
+from distill.losses.engine import DEFAULT_CHUNK_SIZE, log_probs
+from distill.losses.units import PairFn, UnitLosses, group_units, token_units
+
+
+def _units(
+    pair_fn: PairFn,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    alignment: AlignedGroups | None,
+    merge: MergeStrategy,
+    temperature: float,
+    teacher_temperature: float | None,
+    chunk_size: int,
+) -> UnitLosses:
+    check_logits("student_logits", student_logits)
+    check_logits("teacher_logits", teacher_logits)
+    mask = check_mask(mask, student_logits)
+    temperature = check_positive("temperature", temperature)
+    teacher_temperature = check_positive(
+        "teacher_temperature", temperature if teacher_temperature is None else teacher_temperature
+    )
+    chunk_size = int(check_positive("chunk_size", chunk_size))
+    if alignment is None:
+        check_same_positions(student_logits, teacher_logits)
+        teacher_transform = partial(log_probs, temperature=teacher_temperature)
+        return token_units(pair_fn, student_logits, teacher_logits, mask, temperature, teacher_transform, chunk_size)
+    return group_units(
+        pair_fn, student_logits, teacher_logits, alignment, mask, merge, temperature, teacher_temperature, chunk_size
+    )
+
+
+def uld(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    alignment: AlignedGroups | None = None,
+    merge: MergeStrategy = "bayesian",
+    temperature: float = 1.0,
+    teacher_temperature: float | None = None,
+    reduction: Reduction = "mean",
+    num_items_in_batch: int | torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> torch.Tensor:
+    """ULD: Σ_r |p_S↓(r) − p_T↓(r)| per unit (sorted probabilities, the shorter vocabulary zero-padded).
+
+    The closed-form Wasserstein-1 of Boizard et al. (2024): invariant to permutations of either vocabulary, so it
+    matches the *shape* of the teacher's distribution, not which token is likely. Any two vocabulary sizes.
+    """
+    check_reduction(reduction, num_items_in_batch)
+    units = _units(
+        lambda s, t, _u: div.sorted_l1_rows(s.exp(), t.exp()),
+        student_logits, teacher_logits, mask, alignment, merge, temperature, teacher_temperature, chunk_size,
+    )
+    return reduce_units(units.values, reduction, num_items_in_batch, units.batch, units.index, units.layout)
+
+
+class GoldLoss(NamedTuple):
+    """GOLD's loss and its parts (`matched`, `unmatched`: the reduced terms, detached) and the weights used."""
+
+    loss: torch.Tensor
+    matched: torch.Tensor
+    unmatched: torch.Tensor
+    matched_weight: float
+    unmatched_weight: float
+
+
+def gold(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    vocab_map: VocabMap,
+    *,
+    alignment: AlignedGroups | None = None,
+    beta: float = 0.5,
+    matched_weight: float | None = None,
+    unmatched_weight: float | None = None,
+    merge: MergeStrategy = "bayesian",
+    temperature: float = 1.0,
+    teacher_temperature: float | None = None,
+    reduction: Reduction = "mean",
+    num_items_in_batch: int | torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> GoldLoss:
+    """GOLD hybrid: w_m·JSD_β on the matched vocabulary + w_u·ULD on the unmatched rest, per unit.
+
+    Matched term: the generalized JSD(β) between the distributions over the M matched tokens (`vocab_map`)
+    *plus one bucket* holding each side's remaining mass (unmatched tokens, and a merged group's deficit). That
+    makes it a proper divergence: ≥ 0, and 0 iff both sides agree on every matched token and on the rest mass.
+    Unmatched term: ULD's sorted L1 between the unmatched columns of each side.
+    Weights: fixed (`matched_weight`, `unmatched_weight`, both ≥ 0) or adaptive: w_m = M / Vt, w_u = 1 − w_m.
+    """
+    check_reduction(reduction, num_items_in_batch)
+    beta = check_unit_interval("beta", beta)
+    w_m, w_u = _gold_weights(matched_weight, unmatched_weight, vocab_map, teacher_logits)
+    device = student_logits.device
+    s_matched, t_matched = vocab_map.student_ids.to(device), vocab_map.teacher_ids.to(device)
+    s_unmatched = _complement(s_matched, student_logits.shape[-1], "student", vocab_map)
+    t_unmatched = _complement(t_matched, teacher_logits.shape[-1], "teacher", vocab_map)
+    collected: list[tuple[torch.Tensor, torch.Tensor]] = []  # (units, [u, 2] detached parts), per chunk
+
+    def pair(student_logp, teacher_logp, units):
+        matched = div.jsd_rows(
+            div.bucket_log_probs(student_logp, s_matched), div.bucket_log_probs(teacher_logp, t_matched), beta
+        )
+        unmatched = div.sorted_l1_rows(
+            student_logp.index_select(-1, s_unmatched).exp(), teacher_logp.index_select(-1, t_unmatched).exp()
+        )
+        collected.append((units, torch.stack([matched, unmatched], dim=-1).detach()))
+        return w_m * matched + w_u * unmatched
+
+    units = _units(
+        pair, student_logits, teacher_logits, mask, alignment, merge, temperature, teacher_temperature, chunk_size
+    )
+    loss = reduce_units(units.values, reduction, num_items_in_batch, units.batch, units.index, units.layout)
+    values = units.values.detach().new_zeros(units.values.numel(), 2)
+    for unit_ids, part_values in collected:
+        values[unit_ids] = part_values.to(values.dtype)
+    matched, unmatched = (
+        reduce_units(values[:, i], reduction, num_items_in_batch, units.batch, units.index, units.layout)
+        for i in range(2)
+    )
+    return GoldLoss(loss, matched, unmatched, w_m, w_u)
+
+
+def _gold_weights(matched_weight, unmatched_weight, vocab_map: VocabMap, teacher_logits) -> tuple[float, float]:
+    if (matched_weight is None) != (unmatched_weight is None):
+        raise ValueError("gold: set both matched_weight and unmatched_weight, or neither (adaptive weights)")
+    if matched_weight is None:
+        share = vocab_map.num_matched / teacher_logits.shape[-1]
+        return share, 1.0 - share
+    if matched_weight < 0 or unmatched_weight < 0:
+        raise ValueError(f"gold: weights must be >= 0, got {matched_weight}, {unmatched_weight}")
+    return float(matched_weight), float(unmatched_weight)
+
+
+def _complement(ids: torch.Tensor, size: int, side: str, vocab_map: VocabMap) -> torch.Tensor:
+    if ids.numel() and int(ids.max()) >= size:
+        raise ValueError(
+            f"gold: vocab_map has {side} id {int(ids.max())} but the {side} logits have only {size} columns"
+        )
+    keep = torch.ones(size, dtype=torch.bool, device=ids.device)
+    keep[ids] = False
+    return keep.nonzero().squeeze(-1)

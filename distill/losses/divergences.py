@@ -1,0 +1,114 @@
+"""Row-wise divergences between a student and a teacher distribution, on log-probabilities.
+
+Every function takes `student_logp [n, V]` and `teacher_logp [n, V]` (log-probabilities, `-inf` allowed for
+impossible tokens) and returns `[n]`, one value per row. Rows may be sub-normalised (merged span groups carry
+less than unit mass); the formulas are applied as written. Terms with zero mass contribute exactly 0 and keep
+finite gradients: `-inf` log-probabilities are floored at the dtype's most negative finite value before any
+arithmetic, so `0 * log 0` never becomes NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _finite(logp: torch.Tensor) -> torch.Tensor:
+    return logp.clamp(min=torch.finfo(logp.dtype).min)
+
+
+def _kl(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) = Σ_v p(v) (log p(v) − log q(v)), per row."""
+    p_logp = _finite(p_logp)
+    return (p_logp.exp() * (p_logp - _finite(q_logp))).sum(-1)
+
+
+def _mixture(a_logp: torch.Tensor, b_logp: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """log(w·a + (1−w)·b), computed in log space."""
+    return torch.logaddexp(_finite(a_logp) + math.log(weight_a), _finite(b_logp) + math.log1p(-weight_a))
+
+
+def forward_kl_rows(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """KL(p_T ‖ p_S): mode-covering; the student is pushed to put mass wherever the teacher does."""
+    return _kl(teacher_logp, student_logp)
+
+
+def reverse_kl_rows(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """KL(p_S ‖ p_T): mode-seeking; the student is penalised for mass where the teacher has little."""
+    return _kl(student_logp, teacher_logp)
+
+
+def jsd_rows(student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """Generalized JSD: β·KL(p_T ‖ M) + (1−β)·KL(p_S ‖ M) with M = β·p_T + (1−β)·p_S.
+
+    The interior formula vanishes at both ends; the endpoints are defined as their normalised limits:
+    β = 0 gives KL(p_T ‖ p_S) (forward) and β = 1 gives KL(p_S ‖ p_T) (reverse), exactly.
+    """
+    if beta == 0.0:
+        return forward_kl_rows(student_logp, teacher_logp)
+    if beta == 1.0:
+        return reverse_kl_rows(student_logp, teacher_logp)
+    mix = _mixture(teacher_logp, student_logp, beta)
+    return beta * _kl(teacher_logp, mix) + (1.0 - beta) * _kl(student_logp, mix)
+
+
+def skew_kl_rows(student_logp: torch.Tensor, teacher_logp: torch.Tensor, alpha: float) -> torch.Tensor:
+    """α-skew KL (DistiLLM): KL(p_T ‖ α·p_T + (1−α)·p_S); α = 0 is forward KL. Bounded by −log α for α > 0."""
+    if alpha == 0.0:
+        return forward_kl_rows(student_logp, teacher_logp)
+    return _kl(teacher_logp, _mixture(teacher_logp, student_logp, alpha))
+
+
+def skew_reverse_kl_rows(student_logp: torch.Tensor, teacher_logp: torch.Tensor, alpha: float) -> torch.Tensor:
+    """α-skew reverse KL (DistiLLM): KL(p_S ‖ (1−α)·p_T + α·p_S); α = 0 is reverse KL."""
+    if alpha == 0.0:
+        return reverse_kl_rows(student_logp, teacher_logp)
+    return _kl(student_logp, _mixture(student_logp, teacher_logp, alpha))
+
+
+def tvd_rows(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """Total variation distance: ½·Σ_v |p_T(v) − p_S(v)|, in [0, 1] for normalised rows."""
+    return 0.5 * (teacher_logp.exp() - student_logp.exp()).abs().sum(-1)
+
+
+def sorted_l1_rows(student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """ULD distance: Σ_r |p_S↓(r) − p_T↓(r)|, rows sorted in decreasing order, the shorter one zero-padded.
+
+    Equals |V|·W₁ between the empirical distributions of the probability *values* (the closed-form
+    Wasserstein-1 of ULD), so it is invariant to any permutation of either vocabulary and works for any two
+    vocabulary sizes. Takes probabilities `[n, Vs]`, `[n, Vt]`; the padding is never materialised.
+    """
+    s_sorted = student_probs.sort(dim=-1, descending=True).values
+    t_sorted = teacher_probs.sort(dim=-1, descending=True).values
+    shared = min(s_sorted.shape[-1], t_sorted.shape[-1])
+    head = (s_sorted[:, :shared] - t_sorted[:, :shared]).abs().sum(-1)
+    return head + s_sorted[:, shared:].sum(-1) + t_sorted[:, shared:].sum(-1)
+
+
+def bucket_log_probs(logp: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """The distribution over `columns` plus one bucket holding all remaining mass: `[n, V] -> [n, C + 1]`.
+
+    The bucket is log(1 − Σ_c p(c)), computed stably, and `-inf` when the columns hold all the mass up to
+    round-off (a remainder within a few ulps of 1 is noise, not mass). Nothing is renormalised: a sub-normalised
+    row keeps its deficit in the bucket.
+    """
+    picked = logp.index_select(-1, columns) if columns.dim() == 1 else logp.gather(-1, columns)
+    return torch.cat([picked, tail_log_prob(picked)], dim=-1)
+
+
+def tail_log_prob(picked_logp: torch.Tensor) -> torch.Tensor:
+    """log(1 − Σ_k p_k) of `[n, k]` log-probabilities, `[n, 1]`; −inf when the remainder is below round-off."""
+    kept = torch.logsumexp(picked_logp, dim=-1, keepdim=True)
+    noise = -8 * torch.finfo(picked_logp.dtype).eps
+    return log1mexp(torch.where(kept > noise, torch.zeros_like(kept), kept))
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − eˣ) for x ≤ 0, accurate on both ends (Mächler 2012); −inf at x = 0 with a zero gradient there."""
+    inside = x < 0
+    x = torch.where(inside, x, torch.full_like(x, -1.0))
+    small = x > -math.log(2.0)
+    near_zero = torch.log(-torch.expm1(torch.where(small, x, torch.full_like(x, -1.0))))
+    far = torch.log1p(-torch.exp(torch.where(small, torch.full_like(x, -1.0), x)))
+    return torch.where(inside, torch.where(small, near_zero, far), torch.full_like(x, -math.inf))
