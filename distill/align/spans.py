@@ -16,6 +16,7 @@ cross-tokenizer losses take.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -48,10 +49,8 @@ def _token_bytes(tokenizer) -> TokenBytes:
     cached = getattr(tokenizer, "_distill_token_bytes", None)
     if cached is None:
         cached = TokenBytes(tokenizer)
-        try:
+        with contextlib.suppress(AttributeError):  # a tokenizer that refuses new attributes is rebuilt next time
             tokenizer._distill_token_bytes = cached
-        except AttributeError:  # pragma: no cover - tokenizers that refuse new attributes
-            pass
     return cached
 
 
@@ -175,7 +174,8 @@ class AlignedGroups:
             n = alignment.num_groups
             both = (np.bincount(alignment.student, minlength=n) > 0) & (np.bincount(alignment.teacher, minlength=n) > 0)
             renumber = torch.as_tensor(np.where(both, np.cumsum(both) - 1, -1))
-            for group, start, side in ((s_group, s_start[b], alignment.student), (t_group, t_start[b], alignment.teacher)):
+            sides = ((s_group, s_start[b], alignment.student), (t_group, t_start[b], alignment.teacher))
+            for group, start, side in sides:
                 if start + len(side) > group.shape[1]:
                     raise ValueError(
                         f"AlignedGroups: sample {b}: {len(side)} aligned tokens from position {start} run past the "
