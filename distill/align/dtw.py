@@ -6,18 +6,12 @@ sequence `t_0..t_{m-1}` of the same text by dynamic time warping over token surf
     c(i, j) = Lev(strip(s_i), strip(t_j)) · w^S_i · w^T_j
     D(i, j) = c(i, j) + min(D(i-1, j), D(i, j-1), D(i-1, j-1)),   path from (0, 0) to (n-1, m-1)
 
-where `strip` removes the space markers "Ġ", "▁" and " ", and the integer weights `w ∈ {3, 4, 5}` grow with the
-entropy of each position's predictive distribution (`entropy_weights`). Index pairs of the warping path that share a
-student or a teacher index are merged into one group, so the result is a `SpanAlignment` like `align_spans` gives
-and the same cross-tokenizer losses can use it.
-
-`contextual_vocab_pairs` adds, per aligned position, vocabulary pairs that the static exact-string map misses: a
-teacher top-k id is paired with the student top-k id (same position) whose stripped string is closest in normalised
-edit distance, if that distance is under a threshold.
+where `strip` removes the space markers "Ġ", "▁" and " ", and `w ∈ {3, 4, 5}` are `entropy_weights`. Path pairs
+sharing a student or teacher index form one group: the result is a `SpanAlignment`, as from `align_spans`.
+`contextual_vocab_pairs` adds CDM's per-position vocabulary pairs by normalised edit distance among top-k ids.
 
 Special tokens (`<...>` pieces such as "</s>", "<|im_end|>", except byte-fallback "<0xNN>", or an explicit `special`
-set) are all compared as one sentinel character: two specials cost 0 to each other, a special against a plain token
-costs like a one-character string.
+set) all compare as one sentinel character: two specials cost 0, a special vs a plain token like a 1-char string.
 """
 
 from __future__ import annotations
@@ -69,11 +63,9 @@ def _surface(token: str | None, special: Collection[str] | None = None) -> str:
     """Comparison string of a token: specials become one sentinel char, otherwise space markers are removed."""
     if token is None:
         return ""
-    if special is not None:
-        is_special = token in special
-    else:
-        is_special = _SPECIAL_RE.fullmatch(token) is not None and _BYTE_RE.fullmatch(token) is None
-    return _SPECIAL if is_special else token.translate(_STRIP)
+    if special is None:
+        return _SPECIAL if _SPECIAL_RE.fullmatch(token) and not _BYTE_RE.fullmatch(token) else token.translate(_STRIP)
+    return _SPECIAL if token in special else token.translate(_STRIP)
 
 
 def _encode(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -128,15 +120,9 @@ def _unique(strings: Sequence[str]) -> tuple[list[str], np.ndarray]:
 def token_edit_distance_matrix(
     a: Sequence[str], b: Sequence[str], special: Collection[str] | None = None
 ) -> np.ndarray:
-    """CDM's token cost: `E[i, j] = Lev(strip(a[i]), strip(b[j]))`, the character Levenshtein distance after removing
-    "Ġ", "▁" and spaces (special tokens compare as one shared sentinel character, so two specials cost 0).
-
-    Args:
-        a, b: token surface strings (e.g. from `convert_ids_to_tokens`), lengths `Ta`, `Tb`.
-        special: the strings to treat as special tokens; default: `<...>` pieces other than byte fallback `<0xNN>`.
-
-    Returns:
-        `[Ta, Tb]` int64 array. Each distinct pair of stripped strings is computed once.
+    """CDM's token cost `E [Ta, Tb]` (int64): `E[i, j] = Lev(strip(a[i]), strip(b[j]))`, the character Levenshtein
+    distance after removing "Ġ", "▁" and spaces; specials (the `special` strings, default `<...>` pieces other than
+    byte fallback `<0xNN>`) compare as one shared sentinel character. Each distinct string pair is computed once.
     """
     ua, inv_a = _unique([_surface(s, special) for s in a])
     ub, inv_b = _unique([_surface(s, special) for s in b])
@@ -152,10 +138,8 @@ def dtw_path(cost: np.ndarray) -> list[tuple[int, int]]:
 
     `D(i, j) = c(i, j) + min(D(i-1, j), D(i, j-1), D(i-1, j-1))` with `D(0, 0) = c(0, 0)` and `D = +inf` outside the
     matrix; filled one anti-diagonal at a time. The back-trace from `(n-1, m-1)` to `(0, 0)` takes the predecessor with
-    the smallest D, ties broken diagonal, then `(i-1, j)`, then `(i, j-1)`.
-
-    Returns:
-        The path as `(i, j)` pairs from `(0, 0)` to `(n-1, m-1)`; each step advances i, j or both by one.
+    the smallest D, ties broken diagonal, then `(i-1, j)`, then `(i, j-1)`. Returns the `(i, j)` pairs from `(0, 0)`
+    to `(n-1, m-1)`; each step advances i, j or both by one.
     """
     c = np.asarray(cost, dtype=np.float64)
     if c.ndim != 2 or c.shape[0] == 0 or c.shape[1] == 0:
@@ -209,19 +193,12 @@ def dtw_align(
     teacher_weights=None,
     special: Collection[str] | None = None,
 ) -> SpanAlignment:
-    """Align two tokenizations of one text by entropy-weighted DTW (CDM step 2).
+    """Align `[Ts]` student and `[Tt]` teacher token strings of one text by entropy-weighted DTW (CDM step 2).
 
-    Cost `c(i, j) = Lev(strip(s_i), strip(t_j)) · w^S_i · w^T_j` (`token_edit_distance_matrix`, weights default 1),
-    path from `dtw_path`. Path pairs sharing a student or teacher index form one group, so every group holds a
-    non-empty run of consecutive tokens on both sides (1:1, 1:k or k:1), groups in text order.
-
-    Args:
-        student_tokens: `[Ts]` student token strings; teacher_tokens: `[Tt]` teacher token strings.
-        student_weights, teacher_weights: optional `[Ts]` / `[Tt]` weights (e.g. `entropy_weights`).
-        special: strings to treat as special tokens (see `token_edit_distance_matrix`).
-
-    Returns:
-        `SpanAlignment` with `student [Ts]`, `teacher [Tt]` group indices.
+    Cost `c(i, j) = Lev(strip(s_i), strip(t_j)) · w^S_i · w^T_j` (`token_edit_distance_matrix`; optional weights
+    `[Ts]` / `[Tt]`, e.g. `entropy_weights`, default 1), path from `dtw_path`. Path pairs sharing a student or teacher
+    index form one group, so each group is a non-empty run of consecutive tokens on both sides (1:1, 1:k or k:1),
+    groups in text order. Returns a `SpanAlignment` (`student [Ts]`, `teacher [Tt]` group indices).
     """
     n, m = len(student_tokens), len(teacher_tokens)
     if n == 0 or m == 0:
@@ -244,20 +221,13 @@ def dtw_align_ids(
     `convert_ids_to_tokens`; the tokenizers' special tokens are the specials. If given, `student_logits [Ts, Vs]` and
     `teacher_logits [Tt, Vt]` (row i = the distribution at token i) give the `entropy_weights`; otherwise weight 1.
     """
-    s_ids = torch.as_tensor(student_ids).reshape(-1).tolist()
-    t_ids = torch.as_tensor(teacher_ids).reshape(-1).tolist()
-    special = set(getattr(student_tokenizer, "all_special_tokens", [])) | set(
-        getattr(teacher_tokenizer, "all_special_tokens", [])
-    )
-    s_w = None if student_logits is None else entropy_weights(student_logits)
-    t_w = None if teacher_logits is None else entropy_weights(teacher_logits)
-    return dtw_align(
-        student_tokenizer.convert_ids_to_tokens(s_ids),
-        teacher_tokenizer.convert_ids_to_tokens(t_ids),
-        s_w,
-        t_w,
-        special=special or None,
-    )
+    tokens = [
+        tok.convert_ids_to_tokens(torch.as_tensor(ids).reshape(-1).tolist())
+        for tok, ids in ((student_tokenizer, student_ids), (teacher_tokenizer, teacher_ids))
+    ]
+    special = {s for tok in (student_tokenizer, teacher_tokenizer) for s in getattr(tok, "all_special_tokens", [])}
+    weights = [None if z is None else entropy_weights(z) for z in (student_logits, teacher_logits)]
+    return dtw_align(*tokens, *weights, special=special or None)
 
 
 def contextual_vocab_pairs(
@@ -291,10 +261,8 @@ def contextual_vocab_pairs(
         packed to the front in teacher-rank order, long ids padded with -1, on `student_logits.device`.
     """
     if student_logits.ndim != 2 or teacher_logits.ndim != 2 or student_logits.shape[0] != teacher_logits.shape[0]:
-        raise ValueError(
-            f"contextual_vocab_pairs: need [G, Vs] and [G, Vt] logits, got {tuple(student_logits.shape)} and "
-            f"{tuple(teacher_logits.shape)}"
-        )
+        shapes = f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+        raise ValueError(f"contextual_vocab_pairs: need [G, Vs] and [G, Vt] logits, got {shapes}")
     rows, vs = student_logits.shape
     vt = teacher_logits.shape[1]
     with torch.no_grad():

@@ -1,0 +1,30 @@
+"""Shared pytest fixtures: two small, deliberately different tokenizers trained on the built-in corpus."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import PreTrainedTokenizerFast
+
+from distill.data.tokenizers import sample_corpus, train_byte_level_bpe, train_metaspace_unigram
+
+TOKENIZER_VOCAB_SIZE = 600
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """GPT-2/Qwen style byte-level BPE (~600 tokens); the usual teacher side."""
+    return train_byte_level_bpe(sample_corpus(), TOKENIZER_VOCAB_SIZE)
+
+
+@pytest.fixture(scope="session")
+def unigram_tokenizer() -> PreTrainedTokenizerFast:
+    """SentencePiece/Llama style Metaspace Unigram with byte fallback (~600 tokens); the usual student side."""
+    return train_metaspace_unigram(sample_corpus(), TOKENIZER_VOCAB_SIZE)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_pair(
+    unigram_tokenizer: PreTrainedTokenizerFast, bpe_tokenizer: PreTrainedTokenizerFast
+) -> tuple[PreTrainedTokenizerFast, PreTrainedTokenizerFast]:
+    """``(student, teacher)`` with different tokenizers: (Metaspace Unigram, byte-level BPE)."""
+    return unigram_tokenizer, bpe_tokenizer
