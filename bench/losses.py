@@ -33,6 +33,7 @@ warnings.filterwarnings("ignore")
 
 from distill import losses  # noqa: E402
 from distill.align import AlignedGroups, SpanAlignment, merge_span_log_probs  # noqa: E402
+from distill.losses.engine import resolve_chunk_size  # noqa: E402
 
 
 @dataclass
@@ -202,6 +203,16 @@ def rss():
     fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
     return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
 torch.manual_seed(0)
+def run(student, teacher, mask, groups):
+    if mode == "ours":
+        return losses.uld(student, teacher, mask, alignment=groups, chunk_size=chunk or None)
+    ps = student.softmax(-1).sort(-1, descending=True).values  # plain autograd over the whole batch
+    pt = teacher.softmax(-1).sort(-1, descending=True).values
+    return (ps - pt[..., :V]).abs().sum(-1).mean() + pt[..., V:].sum(-1).mean()
+warm = torch.randn(1, 4, V, requires_grad=True)  # first calls start thread pools and autograd workers
+warm_ids = torch.zeros(1, 4, dtype=torch.long)
+run(warm, torch.randn(1, 4, int(V * 1.5)), torch.ones(1, 4, dtype=torch.bool),
+    AlignedGroups.positional(torch.ones(1, 4, dtype=torch.bool), warm_ids, warm_ids)).backward()
 student = torch.randn(B, T, V, requires_grad=True)
 teacher = torch.randn(B, T, int(V * 1.5))
 ids = torch.randint(0, V, (B, T))
@@ -209,13 +220,7 @@ mask = torch.ones(B, T, dtype=torch.bool)
 groups = AlignedGroups.positional(mask, ids, ids)
 open("/proc/self/clear_refs", "w").write("5")
 base, _ = rss()
-if mode == "ours":
-    loss = losses.uld(student, teacher, mask, alignment=groups, chunk_size=chunk)
-else:  # plain autograd over the whole batch
-    ps = student.softmax(-1).sort(-1, descending=True).values
-    pt = teacher.softmax(-1).sort(-1, descending=True).values
-    loss = (ps - pt[..., :V]).abs().sum(-1).mean() + pt[..., V:].sum(-1).mean()
-loss.backward()
+run(student, teacher, mask, groups).backward()
 _, peak = rss()
 grad_bytes = student.grad.numel() * student.grad.element_size()
 print(json.dumps({"extra": peak - base - grad_bytes, "grad": grad_bytes}))
@@ -225,7 +230,9 @@ print(json.dumps({"extra": peak - base - grad_bytes, "grad": grad_bytes}))
 def memory(batch: int, length: int, vocab: int, chunk: int, mode: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", MEMORY_CHILD, str(batch), str(length), str(vocab), str(chunk), mode],
-        capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, check=True,
+        # large blocks straight from mmap, so freed chunk temporaries leave the resident set (no heap caching)
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -280,10 +287,12 @@ def main() -> None:
         print(f"{name}: TRL {t_trl:.3f}s  ours {t_ours:.3f}s  speed-up {t_trl / t_ours:.2f}x  "
               f"max |diff| of {what}: {diff:.2e}  (ours {v_ours:.6f}, TRL {v_trl:.6f})")
     length_a, length_b = (args.length, 4 * args.length)
-    print("peak extra memory of uld beyond logits and their gradient (B=2, V=32000, chunk 256):")
+    vocab = args.student_vocab
+    print(f"peak extra memory of uld beyond logits and their gradient (B=2, Vs={vocab}, Vt={int(vocab * 1.5)}, "
+          f"chunk {resolve_chunk_size(None, vocab, int(vocab * 1.5))} rows):")
     for length in (length_a, length_b):
-        ours = memory(2, length, 32_000 if not args.quick else 4000, 256, "ours")
-        plain = memory(2, length, 32_000 if not args.quick else 4000, 256, "plain")
+        ours = memory(2, length, vocab, 0, "ours")
+        plain = memory(2, length, vocab, 0, "plain")
         print(f"  T={length}: ours {ours['extra'] / 2**20:.1f} MiB, plain autograd {plain['extra'] / 2**20:.1f} MiB "
               f"(gradient itself {ours['grad'] / 2**20:.1f} MiB)")
 

@@ -250,3 +250,19 @@ def test_contextual_vocab_pairs_one_to_one_and_threshold():
     sl = torch.tensor([[float("-inf"), 2.0, 1.0]])
     s_ids, t_ids, _ = contextual_vocab_pairs(sl, tl, student_vocab, teacher_vocab, empty, empty, k=3)
     assert 0 not in s_ids[0].tolist() and t_ids[0].tolist() == [2, -1, -1]
+
+
+def test_dtw_alignment_drives_the_cross_tokenizer_losses():
+    """A DTW alignment is a SpanAlignment like the byte-span one: uld and gold take it unchanged."""
+    from distill import losses
+    from distill.align import AlignedGroups
+
+    student_tokens, teacher_tokens = ["▁Hel", "lo", "▁wor", "ld"], ["Hello", "Ġworld"]
+    alignment = dtw_align(student_tokens, teacher_tokens)
+    groups = AlignedGroups.from_alignments([alignment], torch.zeros(1, 4, dtype=torch.long),
+                                           torch.zeros(1, 2, dtype=torch.long))
+    student = torch.randn(1, 4, 9, requires_grad=True)
+    teacher = torch.randn(1, 2, 13)
+    loss = losses.uld(student, teacher, groups.student_group >= 0, alignment=groups)
+    loss.backward()
+    assert torch.isfinite(loss) and student.grad.abs().sum() > 0

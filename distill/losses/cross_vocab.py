@@ -28,7 +28,7 @@ from distill.losses._common import (
     check_unit_interval,
     reduce_units,
 )
-from distill.losses.engine import DEFAULT_CHUNK_SIZE, log_probs
+from distill.losses.engine import log_probs, resolve_chunk_size
 from distill.losses.units import PairFn, UnitLosses, group_units, token_units
 
 
@@ -41,7 +41,7 @@ def _units(
     merge: MergeStrategy,
     temperature: float,
     teacher_temperature: float | None,
-    chunk_size: int,
+    chunk_size: int | None,
 ) -> UnitLosses:
     check_logits("student_logits", student_logits)
     check_logits("teacher_logits", teacher_logits)
@@ -50,7 +50,7 @@ def _units(
     teacher_temperature = check_positive(
         "teacher_temperature", temperature if teacher_temperature is None else teacher_temperature
     )
-    chunk_size = int(check_positive("chunk_size", chunk_size))
+    chunk_size = resolve_chunk_size(chunk_size, student_logits.shape[-1], teacher_logits.shape[-1])
     if alignment is None:
         check_same_positions(student_logits, teacher_logits)
         teacher_transform = partial(log_probs, temperature=teacher_temperature)
@@ -71,7 +71,7 @@ def uld(
     teacher_temperature: float | None = None,
     reduction: Reduction = "mean",
     num_items_in_batch: int | torch.Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """ULD: Σ_r |p_S↓(r) − p_T↓(r)| per unit (sorted probabilities, the shorter vocabulary zero-padded).
 
@@ -111,7 +111,7 @@ def gold(
     teacher_temperature: float | None = None,
     reduction: Reduction = "mean",
     num_items_in_batch: int | torch.Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> GoldLoss:
     """GOLD hybrid: w_m·JSD_β on the matched vocabulary + w_u·ULD on the unmatched rest, per unit.
 

@@ -24,7 +24,7 @@ import torch
 
 RowFn = Callable[[torch.Tensor], torch.Tensor]
 
-DEFAULT_CHUNK_SIZE = 256
+CHUNK_BYTES = 64 * 2**20  # default budget: one float32 [rows, Vs + Vt] temporary of a chunk
 
 
 @dataclass
@@ -49,7 +49,7 @@ class _ChunkedRowLoss(torch.autograd.Function):
         flat = student_logits.detach().reshape(-1, student_logits.shape[-1])
         needs_grad = ctx.needs_input_grad[0]
         out = torch.zeros(num_units, dtype=_compute_dtype(student_logits), device=student_logits.device)
-        grad = torch.zeros_like(flat) if needs_grad else None
+        grad = torch.empty_like(flat) if needs_grad else None  # rows no chunk writes are zeroed below
         row_unit = torch.full((flat.shape[0],), -1, dtype=torch.long, device=flat.device) if needs_grad else None
         for chunk in chunks():
             rows = flat.index_select(0, chunk.positions)
@@ -65,8 +65,10 @@ class _ChunkedRowLoss(torch.autograd.Function):
                     per_unit = chunk.fn(rows)
             out.index_copy_(0, chunk.units, per_unit.detach().to(out.dtype))
         if needs_grad:
-            ctx.save_for_backward(grad, row_unit)
-            ctx.logits_shape = student_logits.shape
+            grad[row_unit < 0] = 0
+            # kept as plain attributes (not save_for_backward) so backward can drop its reference and hand the
+            # buffer itself to autograd as the gradient, instead of autograd copying it
+            ctx.grad, ctx.row_unit, ctx.logits_shape = grad, row_unit, student_logits.shape
         return out
 
     @staticmethod
@@ -74,7 +76,8 @@ class _ChunkedRowLoss(torch.autograd.Function):
         if getattr(ctx, "consumed", False):
             raise RuntimeError("chunked distillation loss: backward ran twice; its gradient buffer is scaled in place")
         ctx.consumed = True
-        grad, row_unit = ctx.saved_tensors
+        grad, row_unit = ctx.grad, ctx.row_unit
+        del ctx.grad, ctx.row_unit
         scale = torch.cat([grad_output.to(grad.dtype), grad_output.new_zeros(1, dtype=grad.dtype)])
         grad.mul_(scale[row_unit].unsqueeze(-1))  # row_unit == -1 picks the appended zero
         return grad.view(ctx.logits_shape), None, None
@@ -96,6 +99,16 @@ def log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     if temperature != 1.0:
         logits = logits / temperature
     return torch.log_softmax(logits, dim=-1)
+
+
+def resolve_chunk_size(chunk_size: int | None, *vocab_sizes: int) -> int:
+    """Rows per chunk: as given, or (None) as many as keep one float32 `[rows, ΣV]` temporary within 64 MiB
+    (clamped to 16..4096): about 200 rows for a 32k + 50k pair, 100 for two 150k vocabularies."""
+    if chunk_size is None:
+        return int(min(4096, max(16, CHUNK_BYTES // (4 * max(sum(vocab_sizes), 1)))))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    return chunk_size
 
 
 def chunk_slices(total: int, chunk_size: int) -> Iterator[slice]:

@@ -23,7 +23,7 @@ from distill.losses._common import (
     check_reduction,
     reduce_units,
 )
-from distill.losses.engine import DEFAULT_CHUNK_SIZE
+from distill.losses.engine import resolve_chunk_size
 from distill.losses.units import token_units
 
 _MASS_TOLERANCE = 1e-4
@@ -38,7 +38,7 @@ def sparse_forward_kl(
     temperature: float = 1.0,
     reduction: Reduction = "mean",
     num_items_in_batch: int | torch.Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Forward KL of `student_logits [B, T, V]` to a top-k teacher: `teacher_topk_ids [B, T, k]` (long) and
     `teacher_topk_logprobs [B, T, k]` (log-probabilities at the cache's temperature, not logits)."""
@@ -46,7 +46,7 @@ def sparse_forward_kl(
     mask = check_mask(mask, student_logits)
     check_reduction(reduction, num_items_in_batch)
     temperature = check_positive("temperature", temperature)
-    check_positive("chunk_size", chunk_size)
+    chunk_size = resolve_chunk_size(chunk_size, student_logits.shape[-1])
     expected = tuple(student_logits.shape[:2])
     for name, tensor in (("teacher_topk_ids", teacher_topk_ids), ("teacher_topk_logprobs", teacher_topk_logprobs)):
         if tensor.dim() != 3 or tuple(tensor.shape[:2]) != expected:
@@ -74,7 +74,7 @@ def sparse_forward_kl(
         ids, teacher_logp = teacher
         return div.forward_kl_rows(div.bucket_log_probs(student_logp, ids), teacher_logp)
 
-    units = token_units(pair, student_logits, packed, mask, temperature, teacher_buckets, int(chunk_size))
+    units = token_units(pair, student_logits, packed, mask, temperature, teacher_buckets, chunk_size)
     return reduce_units(units.values, reduction, num_items_in_batch, units.batch, units.index, units.layout)
 
 

@@ -26,7 +26,7 @@ from distill.losses._common import (
     check_unit_interval,
     reduce_units,
 )
-from distill.losses.engine import DEFAULT_CHUNK_SIZE, log_probs
+from distill.losses.engine import log_probs, resolve_chunk_size
 from distill.losses.units import token_units
 
 RowDivergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -42,7 +42,7 @@ def divergence_loss(
     teacher_temperature: float | None = None,
     reduction: Reduction = "mean",
     num_items_in_batch: int | torch.Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Apply a row divergence `(student_logp [n, V], teacher_logp [n, V]) -> [n]` over the masked positions."""
     check_logits("student_logits", student_logits)
@@ -55,7 +55,7 @@ def divergence_loss(
     teacher_temperature = check_positive(
         "teacher_temperature", temperature if teacher_temperature is None else teacher_temperature
     )
-    check_positive("chunk_size", chunk_size)
+    chunk_size = resolve_chunk_size(chunk_size, student_logits.shape[-1], teacher_logits.shape[-1])
     units = token_units(
         lambda s, t, _units: row_divergence(s, t),
         student_logits,
@@ -63,7 +63,7 @@ def divergence_loss(
         mask,
         temperature,
         partial(log_probs, temperature=teacher_temperature),
-        int(chunk_size),
+        chunk_size,
     )
     return reduce_units(units.values, reduction, num_items_in_batch, units.batch, units.index, units.layout)
 
