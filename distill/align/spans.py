@@ -45,7 +45,8 @@ class SpanAlignment(NamedTuple):
         return list(zip(_ranges(self.student, self.num_groups), _ranges(self.teacher, self.num_groups), strict=True))
 
 
-def _token_bytes(tokenizer) -> TokenBytes:
+def token_bytes(tokenizer) -> TokenBytes:
+    """The tokenizer's `TokenBytes`, built once and kept on the tokenizer object."""
     cached = getattr(tokenizer, "_distill_token_bytes", None)
     if cached is None:
         cached = TokenBytes(tokenizer)
@@ -81,13 +82,17 @@ def _group_keys(spans: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     return np.where(zero & on_cut, 2 * j + 1, 2 * j)
 
 
-def align_spans(student_ids, teacher_ids, student_tokenizer, teacher_tokenizer) -> SpanAlignment:
+def align_spans(
+    student_ids, teacher_ids, student_tokenizer, teacher_tokenizer, *, continuation: bool = False
+) -> SpanAlignment:
     """Group consecutive student and teacher tokens that cover the same bytes of text.
 
     Args:
         student_ids: `[Ts]` token ids (list or 1-D tensor) in the student's vocabulary.
         teacher_ids: `[Tt]` token ids of the same text in the teacher's vocabulary.
         student_tokenizer, teacher_tokenizer: fast tokenizers (byte-level BPE or SentencePiece style).
+        continuation: the ids continue earlier text (completions after their prompts), so a SentencePiece
+            decoder's strip of the first token's leading space does not apply.
 
     Returns:
         `SpanAlignment` with G groups; `student[g]` and `teacher[g]` are token ranges covering the same bytes.
@@ -101,8 +106,8 @@ def align_spans(student_ids, teacher_ids, student_tokenizer, teacher_tokenizer) 
     if s_ids.size == 0 or t_ids.size == 0:
         side = "student_ids" if s_ids.size == 0 else "teacher_ids"
         raise ValueError(f"align_spans: empty span: {side} has no tokens")
-    s_text, s_spans = _token_bytes(student_tokenizer).sequence(s_ids)
-    t_text, t_spans = _token_bytes(teacher_tokenizer).sequence(t_ids)
+    s_text, s_spans = token_bytes(student_tokenizer).sequence(s_ids, continuation)
+    t_text, t_spans = token_bytes(teacher_tokenizer).sequence(t_ids, continuation)
     if s_text != t_text:
         matcher = difflib.SequenceMatcher(None, s_text, t_text, autojunk=False)
         common = sum(block.size for block in matcher.get_matching_blocks())

@@ -141,15 +141,19 @@ class TokenBytes:
     def __len__(self) -> int:
         return len(self.pieces)
 
-    def sequence(self, ids) -> tuple[bytes, np.ndarray]:
-        """The decoded bytes of `ids` and each token's `[start, end)` byte span in them: shapes `[n, 2]`."""
+    def sequence(self, ids, continuation: bool = False) -> tuple[bytes, np.ndarray]:
+        """The decoded bytes of `ids` and each token's `[start, end)` byte span in them: shapes `[n, 2]`.
+
+        `continuation=True` reads `ids` as the continuation of earlier text (a completion after its prompt): the
+        decoder's strip of a leading space, which only applies at the start of a text, is not applied.
+        """
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() >= len(self.pieces)):
             bad = int(ids[(ids < 0) | (ids >= len(self.pieces))][0])
             raise ValueError(f"token id {bad} is outside the tokenizer's vocabulary of {len(self.pieces)}")
         lengths = self.lengths[ids].copy()
         chunks = [self.pieces[i] for i in ids.tolist()]
-        if self.scheme.strip_first:
+        if self.scheme.strip_first and not continuation:
             content = np.flatnonzero(lengths > 0)
             if content.size:
                 k = int(content[0])
@@ -158,3 +162,7 @@ class TokenBytes:
                 lengths[k] -= strip
         ends = np.cumsum(lengths)
         return b"".join(chunks), np.stack([ends - lengths, ends], axis=-1)
+
+    def decode(self, ids, continuation: bool = False) -> str:
+        """The text of `ids` (special tokens dropped); bytes of a character cut at the end become U+FFFD."""
+        return self.sequence(ids, continuation)[0].decode("utf-8", errors="replace")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from distill.align.spans import _token_bytes
+from distill.align.spans import token_bytes
 from distill.align.token_bytes import TokenBytes
 
 
@@ -35,7 +35,7 @@ class VocabMap:
     """
 
     def __init__(self, student_tokenizer, teacher_tokenizer) -> None:
-        student, teacher = _token_bytes(student_tokenizer), _token_bytes(teacher_tokenizer)
+        student, teacher = token_bytes(student_tokenizer), token_bytes(teacher_tokenizer)
         s_index = _first_id_per_text(student)
         t_index = _first_id_per_text(teacher)
         pairs = sorted((s_index[text], t_id) for text, t_id in t_index.items() if text in s_index)

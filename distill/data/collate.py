@@ -1,0 +1,50 @@
+"""Padding tokenised (prompt, completion) pairs into one model's batch tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from distill.data.tokenize import IGNORE_INDEX
+
+
+@dataclass
+class SideBatch:
+    """One model's view of a micro-batch: `input_ids`, `attention_mask`, `labels`, all `[B, L]`."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    prompt_lengths: list[int]
+
+    def to(self, device) -> SideBatch:
+        return SideBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
+                         self.prompt_lengths)
+
+    @property
+    def target_mask(self) -> torch.Tensor:
+        """`[B, L-1]`: which shifted targets (token t+1 predicted at t) are completion tokens."""
+        return self.labels[:, 1:] != IGNORE_INDEX
+
+    @property
+    def num_targets(self) -> int:
+        return int(self.target_mask.sum())
+
+
+def prompt_of(row: dict) -> str | list[dict]:
+    return row.get("prompt_messages") or row["prompt"]
+
+
+def side_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> SideBatch:
+    rows = [p + c for p, c in zip(prompts, completions, strict=True)]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
+        mask[i, : len(p) + len(c)] = 1
+        if c:
+            labels[i, len(p) : len(p) + len(c)] = torch.tensor(c, dtype=torch.long)
+    return SideBatch(ids, mask, labels, [len(p) for p in prompts])
