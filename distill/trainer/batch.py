@@ -34,6 +34,13 @@ class DistillBatch:
     source: str  # "off_policy" | "on_policy" | "seq_kd"
     row_ids: list[str]
 
+    @property
+    def num_units(self) -> int:
+        """Scored units: target tokens (same tokenizer) or span groups with tokens on both sides."""
+        if self.alignment is None:
+            return self.student.num_targets
+        return int((self.alignment.student_group.max(dim=1).values + 1).clamp(min=0).sum())
+
     def to(self, device) -> DistillBatch:
         alignment = self.alignment
         if alignment is not None:

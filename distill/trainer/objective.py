@@ -38,8 +38,8 @@ class ObjectiveOutput:
 
 
 def _token_objective(cfg: DistillConfig, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
-                     vocab_map) -> tuple[torch.Tensor, dict[str, float]]:
-    common = {"temperature": cfg.loss_temperature, "chunk_size": cfg.loss_chunk_size}
+                     vocab_map, num_items) -> tuple[torch.Tensor, dict[str, float]]:
+    common = {"temperature": cfg.loss_temperature, "chunk_size": cfg.loss_chunk_size, "num_items_in_batch": num_items}
     if cfg.method in _TOKEN_LOSSES:
         return _TOKEN_LOSSES[cfg.method](student, teacher, mask, **common), {}
     if cfg.method == "jsd":
@@ -48,12 +48,13 @@ def _token_objective(cfg: DistillConfig, student: torch.Tensor, teacher: torch.T
         return losses.skew_kl(student, teacher, mask, alpha=cfg.alpha, **common), {}
     if cfg.method == "skew_reverse_kl":
         return losses.skew_reverse_kl(student, teacher, mask, alpha=cfg.alpha, **common), {}
-    return _cross_objective(cfg, student, teacher, mask, vocab_map, None)
+    return _cross_objective(cfg, student, teacher, mask, vocab_map, None, num_items)
 
 
-def _cross_objective(cfg, student, teacher, mask, vocab_map, alignment) -> tuple[torch.Tensor, dict[str, float]]:
+def _cross_objective(cfg, student, teacher, mask, vocab_map, alignment, num_items
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
     common = {"temperature": cfg.loss_temperature, "chunk_size": cfg.loss_chunk_size, "merge": cfg.merge,
-              "alignment": alignment}
+              "alignment": alignment, "num_items_in_batch": num_items}
     if cfg.method == "uld":
         return losses.uld(student, teacher, mask, **common), {}
     out = losses.gold(student, teacher, mask, vocab_map, beta=cfg.beta, matched_weight=cfg.gold_matched_weight,
@@ -63,9 +64,11 @@ def _cross_objective(cfg, student, teacher, mask, vocab_map, alignment) -> tuple
 
 def compute_objective(cfg: DistillConfig, student_logits: torch.Tensor, batch: DistillBatch, *,
                       teacher_logits: torch.Tensor | None = None, cached=None, vocab_map=None,
-                      step: int = 0) -> ObjectiveOutput:
+                      step: int = 0, num_items: float | None = None) -> ObjectiveOutput:
     """Loss of one micro-batch. `student_logits [B, L, Vs]` unshifted; the teacher signal is either
-    `teacher_logits [B, Lt, Vt]` (online) or `cached = (topk_ids, topk_logprobs)` `[B, L-1, k]` (offline)."""
+    `teacher_logits [B, Lt, Vt]` (online) or `cached = (topk_ids, topk_logprobs)` `[B, L-1, k]` (offline).
+    `num_items`: divide the summed loss by this instead of this batch's unit count (DDP: the mean count per
+    process, so that averaging gradients over processes gives the mean over all units)."""
     s_logits = student_logits[:, :-1]
     mask = batch.student.target_mask
     targets = batch.student.input_ids[:, 1:]
@@ -74,23 +77,24 @@ def compute_objective(cfg: DistillConfig, student_logits: torch.Tensor, batch: D
     if cached is not None:
         ids, logprobs = cached
         loss = losses.sparse_forward_kl(s_logits, ids, logprobs, mask, temperature=cfg.loss_temperature,
-                                        chunk_size=cfg.loss_chunk_size)
+                                        chunk_size=cfg.loss_chunk_size, num_items_in_batch=num_items)
         topk_mass = float(torch.logsumexp(logprobs[mask].float(), -1).exp().mean()) if mask.any() else None
         agreement = _agreement(s_logits.argmax(-1), ids[..., 0], mask)
     elif batch.alignment is None:
         t_logits = teacher_logits[:, :-1]
         vocab = min(s_logits.shape[-1], t_logits.shape[-1])
         s_cut, t_cut = s_logits[..., :vocab], t_logits[..., :vocab]
-        loss, terms = _token_objective(cfg, s_cut, t_cut, mask, vocab_map)
+        loss, terms = _token_objective(cfg, s_cut, t_cut, mask, vocab_map, num_items)
         agreement = _agreement(s_cut.argmax(-1), t_cut.argmax(-1), mask)
     else:
         t_logits = teacher_logits[:, :-1]
         group_mask = batch.alignment.student_group >= 0
-        loss, terms = _cross_objective(cfg, s_logits, t_logits, group_mask, vocab_map, batch.alignment)
+        loss, terms = _cross_objective(cfg, s_logits, t_logits, group_mask, vocab_map, batch.alignment, num_items)
         agreement = _cross_agreement(s_logits, t_logits, batch, vocab_map)
     terms[f"{cfg.method}_loss"] = float(loss.detach())
     if cfg.sft_weight > 0:
-        ce = F.cross_entropy(s_logits[mask].float(), targets[mask]) if mask.any() else s_logits.sum() * 0.0
+        ce_sum = F.cross_entropy(s_logits[mask].float(), targets[mask], reduction="sum")
+        ce = ce_sum / (num_items or max(int(mask.sum()), 1))
         terms["sft_loss"] = float(ce.detach())
         loss = loss + cfg.sft_weight * ce
     for name, value in {**terms, "loss": float(loss.detach())}.items():

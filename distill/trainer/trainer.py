@@ -127,7 +127,8 @@ class DistillTrainer(Trainer):
                 teacher_logits = self.teacher(input_ids=teacher_side.input_ids,
                                               attention_mask=teacher_side.attention_mask, use_cache=False).logits
         out = compute_objective(self.args, outputs.logits, batch, teacher_logits=teacher_logits, cached=cached,
-                                vocab_map=self.vocab_map, step=self.state.global_step)
+                                vocab_map=self.vocab_map, step=self.state.global_step,
+                                num_items=self._mean_units_per_process(batch) if model.training else None)
         if model.training:
             elapsed = max(time.perf_counter() - getattr(self, "_step_start", time.perf_counter()), 1e-9)
             self._logs["tokens_per_second"].append(batch.student.num_targets / elapsed)
@@ -139,6 +140,14 @@ class DistillTrainer(Trainer):
                 self._logs["teacher_topk_mass"].append(out.topk_mass)
             self._logs["lmbda"].append(self.schedule.value(self.state.global_step))
         return (out.loss, outputs) if return_outputs else out.loss
+
+    def _mean_units_per_process(self, batch: DistillBatch) -> float | None:
+        """Under DDP, the loss sum is divided by the mean unit count per process: gradients averaged over processes
+        are then the gradient of the mean over all units, exactly as one process with the whole batch."""
+        if self.args.world_size <= 1:
+            return None
+        units = torch.tensor(float(batch.num_units), device=self.args.device)
+        return float(self.accelerator.reduce(units, reduction="sum")) / self.args.world_size
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation: the distillation loss on the reference completions (off-policy, no generation)."""
