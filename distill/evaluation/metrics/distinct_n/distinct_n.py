@@ -1,0 +1,60 @@
+"""Distinct-n (Li et al., 2016), pooled over all predictions, as a local `evaluate` metric.
+
+Each prediction is a sequence of units: a string is split on whitespace into words; a list of tokens (strings or
+ints) is used as given. n-grams are taken inside each prediction (never across two). For each order n:
+
+    distinct_n = |{distinct n-grams over all predictions}| / (number of n-grams over all predictions)
+
+A corpus with no n-gram of order n (every prediction shorter than n) has distinct_n = 0.0. An empty list of
+predictions, or an order below 1, raises a `ValueError`.
+"""
+
+import datasets
+import evaluate
+
+_DESCRIPTION = __doc__
+_INPUTS = """
+Args:
+    predictions: list of str (split on whitespace), or list of token lists (str or int).
+    orders: the n-gram orders to report, default (1, 2).
+Returns:
+    {"distinct_1": float, "distinct_2": float, ...} one key per order, each in [0, 1].
+"""
+
+
+def _check_inputs(name: str, inputs: dict) -> None:
+    lengths = {key: len(value) for key, value in inputs.items() if value is not None}
+    if not lengths or min(lengths.values()) == 0:
+        raise ValueError(f"{name}: no inputs (empty {sorted(inputs)}); there is nothing to score")
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"{name}: inputs of different lengths {lengths}")
+
+
+class DistinctN(evaluate.Metric):
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_INPUTS,
+            features=[
+                datasets.Features({"predictions": datasets.Value("string")}),
+                datasets.Features({"predictions": datasets.Sequence(datasets.Value("string"))}),
+                datasets.Features({"predictions": datasets.Sequence(datasets.Value("int64"))}),
+            ],
+        )
+
+    def compute(self, **kwargs):
+        """Score the inputs; empty inputs raise a `ValueError` (evaluate itself would raise an IndexError)."""
+        _check_inputs("distinct_n", {"predictions": kwargs.get("predictions")})
+        return super().compute(**kwargs)
+
+    def _compute(self, predictions, orders=(1, 2)) -> dict:
+        orders = (orders,) if isinstance(orders, int) else tuple(orders)
+        if not orders or min(orders) < 1:
+            raise ValueError(f"distinct_n: orders must be integers >= 1, got {orders}")
+        units = [p.split() if isinstance(p, str) else list(p) for p in predictions]
+        out = {}
+        for n in orders:
+            grams = [tuple(seq[i : i + n]) for seq in units for i in range(len(seq) - n + 1)]
+            out[f"distinct_{n}"] = len(set(grams)) / len(grams) if grams else 0.0
+        return out

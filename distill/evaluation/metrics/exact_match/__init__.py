@@ -1,0 +1,1 @@
+"""Package marker: ships the `exact_match` module with `distill` (load it with `load_metric`)."""

@@ -1,0 +1,1 @@
+"""Package marker: ships the `perplexity_from_nll` module with `distill` (load it with `load_metric`)."""
