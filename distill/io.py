@@ -1,0 +1,68 @@
+"""Writing artifacts so that they appear complete or not at all.
+
+`atomic_directory(path)` yields a fresh sibling staging folder; when the block ends without error the staging
+folder replaces `path` (the old one is moved aside first and removed after), otherwise it is deleted and the
+old `path` stays untouched. `write_json` writes through a temp file and `os.replace`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield staging
+        aside = None
+        if path.exists():
+            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, aside / path.name)
+        try:
+            os.replace(staging, path)
+        except BaseException:
+            if aside is not None:
+                os.replace(aside / path.name, path)
+            raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _plain(value):
+    """JSON-safe: non-finite floats become null (JSON has no NaN), paths become strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: str | os.PathLike, data) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(_plain(data), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
