@@ -48,7 +48,7 @@ def ensure_workspace_limit(slots: int = 1) -> None:
     with get_client(sync_client=True) as client:
         try:
             client.read_global_concurrency_limit_by_name(WORKSPACE_LIMIT)
-        except Exception:  # noqa: BLE001 - ObjectNotFound: create it
+        except Exception:  # ObjectNotFound: create it
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=WORKSPACE_LIMIT, limit=slots))
 
 

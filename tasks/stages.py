@@ -43,7 +43,7 @@ def _retry_transient(task, task_run, state) -> bool:
         state.result()
     except StageFailed as failure:
         return failure.transient
-    except Exception:  # noqa: BLE001 - unknown errors are not retried
+    except Exception:  # unknown errors are not retried
         return False
     return False
 
