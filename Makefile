@@ -7,15 +7,20 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: venv test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) -m pip install -q -e ".[pipeline,dev,bench]"
 	touch $@
 
 venv: $(VENV)/.installed
+
+# The main job on the demo: prepare data and tokenizers, train the teacher, distil teacher -> bridge -> student,
+# evaluate all three, check the gates; ends with a summary table (see params.yaml).
+demo: $(VENV)/.installed
+	$(VENV)/bin/distill run --config params.yaml
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

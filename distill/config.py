@@ -136,6 +136,9 @@ class PipelineParams(_Strict):
             if hop.student in trained:
                 raise ValueError(f"chain.{i}.student: {hop.student!r} is already trained earlier in the chain")
             trained.add(hop.student)
+        if self.chain[-1].student != "student":
+            raise ValueError(f"chain.{len(self.chain) - 1}.student: the last model of the chain must be named "
+                             "'student' (dvc.yaml's registry artifact and the gates refer to it)")
         return self
 
     @property
