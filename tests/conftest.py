@@ -28,3 +28,12 @@ def tokenizer_pair(
 ) -> tuple[PreTrainedTokenizerFast, PreTrainedTokenizerFast]:
     """``(student, teacher)`` with different tokenizers: (Metaspace Unigram, byte-level BPE)."""
     return unigram_tokenizer, bpe_tokenizer
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One ephemeral Prefect server (SQLite in a temp dir) for every test that runs a flow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

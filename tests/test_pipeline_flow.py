@@ -11,14 +11,6 @@ from tests.pipeline_project import make_project, sh
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def _flow(workdir, **request):
     from flows.pipeline import PipelineRequest, distill_pipeline
 

@@ -1,0 +1,123 @@
+"""Does distillation work? The demo teacher, and students trained four ways on the same data and step budget.
+
+1. Teacher: `DEMO_CHAIN["teacher"]` with a byte-level BPE tokenizer, trained from scratch by SFT (timed; the
+   bar is >= 0.95 exact match on the test split in <= 5 minutes on 2 CPU cores).
+2. Students: `DEMO_CHAIN["student"]` (>= 8x fewer parameters) with a *different* tokenizer (SentencePiece-style
+   Unigram), trained for the same number of steps, batch and learning rate by
+   - `gold`, on-policy share lmbda=0.5   (cross-tokenizer GOLD, student rollouts mixed in)
+   - `gold`, lmbda=0                      (cross-tokenizer GOLD on the reference completions only)
+   - plain SFT                             (cross-entropy on the reference completions)
+3. Everything is evaluated on the test split: exact match overall and by answer length.
+
+Bars (issue #4): the gold student reaches >= 90% of the teacher's exact match; SFT scores lower; on-policy beats
+off-policy on the longest answers. Prints a table and writes bench/out/quality.json.
+
+Run: `python bench/quality.py` (about 20-30 minutes on 2 cores), `--quick` for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from distill.data.demo import DemoConfig, check_answer, make_demo_dataset
+from distill.data.tokenizers import train_byte_level_bpe, train_metaspace_unigram
+from distill.evaluation import evaluate_model
+from distill.models import DEMO_CHAIN, build_model, count_parameters
+from distill.sft import train_sft
+from distill.trainer import DistillConfig, DistillTrainer
+
+OUT = Path(__file__).parent / "out"
+
+
+def distil(student, student_tok, teacher, teacher_tok, data, *, lmbda, steps, lr, batch, max_new_tokens, out):
+    args = DistillConfig(output_dir=str(out), method="gold", lmbda=lmbda, beta=0.5, max_steps=steps,
+                         learning_rate=lr, per_device_train_batch_size=batch, max_new_tokens=max_new_tokens,
+                         lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), logging_steps=max(1, steps // 10),
+                         save_strategy="no", report_to=[], disable_tqdm=True, seed=0)
+    trainer = DistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data["train"],
+                             processing_class=student_tok, teacher_tokenizer=teacher_tok)
+    trainer.train()
+    return trainer.model
+
+
+def longest_accuracy(metrics: dict, top: int = 3) -> float:
+    """Accuracy on the `top` longest answer lengths, pooled."""
+    by_length, counts = metrics["accuracy_by_length"], metrics["count_by_length"]
+    lengths = sorted(by_length, key=int)[-top:]
+    total = sum(counts[k] for k in lengths)
+    return sum(by_length[k] * counts[k] for k in lengths) / max(total, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--teacher-steps", type=int, default=1500)
+    parser.add_argument("--student-steps", type=int, default=600)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--test-limit", type=int, default=400)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    demo = DemoConfig()
+    if args.quick:
+        demo = DemoConfig(train_size=200, validation_size=20, test_size=40, max_length=6)
+        args.teacher_steps, args.student_steps, args.test_limit = 30, 10, 40
+    torch.manual_seed(0)
+    data = make_demo_dataset(demo)
+    texts = [r["prompt"] + r["completion"] for r in data["train"]]
+    bpe, unigram = train_byte_level_bpe(texts, 600), train_metaspace_unigram(texts, 600)
+    max_new = 2 * demo.max_length + 4
+    evaluate = {"check": check_answer, "max_new_tokens": max_new, "batch_size": 100, "limit": args.test_limit}
+    results: dict[str, dict] = {}
+
+    teacher = build_model(DEMO_CHAIN["teacher"], bpe, seed=0)
+    start = time.perf_counter()
+    train_sft(teacher, bpe, data["train"], output_dir=str(OUT / "quality-teacher"), max_steps=args.teacher_steps,
+              learning_rate=args.lr, batch_size=args.batch, logging_steps=max(1, args.teacher_steps // 10))
+    teacher_seconds = time.perf_counter() - start
+    results["teacher"] = evaluate_model(teacher, bpe, data["test"], **evaluate)
+    results["teacher"]["train_seconds"] = teacher_seconds
+    print(f"teacher: {count_parameters(teacher):,} params, {teacher_seconds:.0f}s of SFT, "
+          f"exact match {results['teacher']['exact_match']:.3f}", flush=True)
+
+    common = {"steps": args.student_steps, "lr": args.lr, "batch": args.batch, "max_new_tokens": max_new}
+    runs = {
+        "student gold lmbda=0.5": lambda s: distil(s, unigram, teacher, bpe, data, lmbda=0.5, out=OUT / "q-on",
+                                                   **common),
+        "student gold lmbda=0": lambda s: distil(s, unigram, teacher, bpe, data, lmbda=0.0, out=OUT / "q-off",
+                                                 **common),
+        "student SFT": lambda s: (train_sft(s, unigram, data["train"], output_dir=str(OUT / "q-sft"),
+                                            max_steps=args.student_steps, learning_rate=args.lr,
+                                            batch_size=args.batch), s)[1],
+    }
+    for name, run in runs.items():
+        student = build_model(DEMO_CHAIN["student"], unigram, seed=0)
+        start = time.perf_counter()
+        student = run(student)
+        results[name] = evaluate_model(student, unigram, data["test"], teacher=teacher, teacher_tokenizer=bpe,
+                                       **evaluate)
+        results[name]["train_seconds"] = time.perf_counter() - start
+        results[name]["parameters"] = count_parameters(student)
+        print(f"{name}: exact match {results[name]['exact_match']:.3f} "
+              f"({results[name]['train_seconds']:.0f}s)", flush=True)
+
+    teacher_em = results["teacher"]["exact_match"]
+    print(f"\n{'model':26s} {'params':>9s} {'train s':>8s} {'EM':>6s} {'EM/teacher':>10s} {'EM longest':>10s}")
+    for name, r in results.items():
+        params = r.get("parameters") or r["num_parameters"]
+        print(f"{name:26s} {params:>9,} {r['train_seconds']:>8.0f} {r['exact_match']:>6.3f} "
+              f"{r['exact_match'] / max(teacher_em, 1e-9):>10.2f} {longest_accuracy(r):>10.3f}")
+    lengths = sorted(results["teacher"]["accuracy_by_length"], key=int)
+    print("\naccuracy by answer length:", " ".join(lengths))
+    for name, r in results.items():
+        print(f"{name:26s}", " ".join(f"{r['accuracy_by_length'][k]:.2f}" for k in lengths))
+    OUT.mkdir(exist_ok=True)
+    (OUT / "quality.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
