@@ -37,8 +37,9 @@ OUT = Path(__file__).parent / "out"
 def distil(student, student_tok, teacher, teacher_tok, data, *, lmbda, steps, lr, batch, max_new_tokens, out):
     args = DistillConfig(output_dir=str(out), method="gold", lmbda=lmbda, beta=0.5, max_steps=steps,
                          learning_rate=lr, per_device_train_batch_size=batch, max_new_tokens=max_new_tokens,
-                         lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), logging_steps=max(1, steps // 10),
-                         save_strategy="no", report_to=[], disable_tqdm=True, seed=0)
+                         lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20),
+                         logging_steps=max(1, steps // 10), save_strategy="no", report_to=[], disable_tqdm=True,
+                         seed=0)
     trainer = DistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data["train"],
                              processing_class=student_tok, teacher_tokenizer=teacher_tok)
     trainer.train()
