@@ -40,7 +40,7 @@ distill_pipeline(PipelineRequest(workdir=sys.argv[1], promote=False))
 def test_a_flow_killed_mid_stage_reruns_without_recomputing_finished_stages(tmp_path, prefect_harness):
     project = make_project(tmp_path / "project",
                            chain=[{"teacher": "teacher", "student": "student", "method": "gold", "lmbda": 0.5,
-                                   "max_steps": 400, "batch_size": 8, "max_new_tokens": 10}])
+                                   "max_steps": 40, "batch_size": 8, "max_new_tokens": 10}])
     flow_env = {**env(), "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": ""}
     process = subprocess.Popen([sys.executable, "-c", FLOW, str(project)], env=flow_env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
