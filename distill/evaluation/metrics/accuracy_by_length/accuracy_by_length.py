@@ -9,7 +9,8 @@ of different lengths raise a `ValueError`; negative lengths raise too.
 """
 
 import datasets
-import evaluate
+
+from distill.evaluation.metrics import base
 
 _DESCRIPTION = __doc__
 _INPUTS = """
@@ -21,27 +22,12 @@ Returns:
 """
 
 
-def _check_inputs(name: str, inputs: dict) -> None:
-    lengths = {key: len(value) for key, value in inputs.items() if value is not None}
-    if not lengths or min(lengths.values()) == 0:
-        raise ValueError(f"{name}: no inputs (empty {sorted(inputs)}); there is nothing to score")
-    if len(set(lengths.values())) > 1:
-        raise ValueError(f"{name}: inputs of different lengths {lengths}")
-
-
-class AccuracyByLength(evaluate.Metric):
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_INPUTS,
-            features=datasets.Features({"correct": datasets.Value("bool"), "lengths": datasets.Value("int64")}),
-        )
-
-    def compute(self, **kwargs):
-        """Score the inputs; empty inputs raise a `ValueError` (evaluate itself would raise an IndexError)."""
-        _check_inputs("accuracy_by_length", {k: kwargs.get(k) for k in ("correct", "lengths")})
-        return super().compute(**kwargs)
+class AccuracyByLength(base.CheckedMetric):
+    NAME = "accuracy_by_length"
+    INPUTS = ("correct", "lengths")
+    DESCRIPTION = _DESCRIPTION
+    INPUTS_DESCRIPTION = _INPUTS
+    FEATURES = datasets.Features({"correct": datasets.Value("bool"), "lengths": datasets.Value("int64")})
 
     def _compute(self, correct, lengths) -> dict:
         if min(lengths) < 0:

@@ -10,7 +10,8 @@ predictions, or an order below 1, raises a `ValueError`.
 """
 
 import datasets
-import evaluate
+
+from distill.evaluation.metrics import base
 
 _DESCRIPTION = __doc__
 _INPUTS = """
@@ -22,31 +23,16 @@ Returns:
 """
 
 
-def _check_inputs(name: str, inputs: dict) -> None:
-    lengths = {key: len(value) for key, value in inputs.items() if value is not None}
-    if not lengths or min(lengths.values()) == 0:
-        raise ValueError(f"{name}: no inputs (empty {sorted(inputs)}); there is nothing to score")
-    if len(set(lengths.values())) > 1:
-        raise ValueError(f"{name}: inputs of different lengths {lengths}")
-
-
-class DistinctN(evaluate.Metric):
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_INPUTS,
-            features=[
-                datasets.Features({"predictions": datasets.Value("string")}),
-                datasets.Features({"predictions": datasets.Sequence(datasets.Value("string"))}),
-                datasets.Features({"predictions": datasets.Sequence(datasets.Value("int64"))}),
-            ],
-        )
-
-    def compute(self, **kwargs):
-        """Score the inputs; empty inputs raise a `ValueError` (evaluate itself would raise an IndexError)."""
-        _check_inputs("distinct_n", {"predictions": kwargs.get("predictions")})
-        return super().compute(**kwargs)
+class DistinctN(base.CheckedMetric):
+    NAME = "distinct_n"
+    INPUTS = ("predictions",)
+    DESCRIPTION = _DESCRIPTION
+    INPUTS_DESCRIPTION = _INPUTS
+    FEATURES = (
+        datasets.Features({"predictions": datasets.Value("string")}),
+        datasets.Features({"predictions": datasets.Sequence(datasets.Value("string"))}),
+        datasets.Features({"predictions": datasets.Sequence(datasets.Value("int64"))}),
+    )
 
     def _compute(self, predictions, orders=(1, 2)) -> dict:
         orders = (orders,) if isinstance(orders, int) else tuple(orders)

@@ -11,7 +11,8 @@ Empty inputs, or lists of different lengths, raise a `ValueError`.
 """
 
 import datasets
-import evaluate
+
+from distill.evaluation.metrics import base
 
 _DESCRIPTION = __doc__
 _INPUTS = """
@@ -23,30 +24,15 @@ Returns:
 """
 
 
-def _check_inputs(name: str, inputs: dict) -> None:
-    lengths = {key: len(value) for key, value in inputs.items() if value is not None}
-    if not lengths or min(lengths.values()) == 0:
-        raise ValueError(f"{name}: no inputs (empty {sorted(inputs)}); there is nothing to score")
-    if len(set(lengths.values())) > 1:
-        raise ValueError(f"{name}: inputs of different lengths {lengths}")
-
-
-class ExactMatch(evaluate.Metric):
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_INPUTS,
-            features=[
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-                datasets.Features({"predictions": datasets.Value("bool"), "references": datasets.Value("bool")}),
-            ],
-        )
-
-    def compute(self, **kwargs):
-        """Score the inputs; empty inputs raise a `ValueError` (evaluate itself would raise an IndexError)."""
-        _check_inputs("exact_match", {k: kwargs.get(k) for k in ("predictions", "references")})
-        return super().compute(**kwargs)
+class ExactMatch(base.CheckedMetric):
+    NAME = "exact_match"
+    INPUTS = ("predictions", "references")
+    DESCRIPTION = _DESCRIPTION
+    INPUTS_DESCRIPTION = _INPUTS
+    FEATURES = (
+        datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+        datasets.Features({"predictions": datasets.Value("bool"), "references": datasets.Value("bool")}),
+    )
 
     def _compute(self, predictions, references) -> dict:
         hits = sum(

@@ -13,7 +13,8 @@ gives `perplexity = inf`.
 import math
 
 import datasets
-import evaluate
+
+from distill.evaluation.metrics import base
 
 _DESCRIPTION = __doc__
 _INPUTS = """
@@ -25,27 +26,12 @@ Returns:
 """
 
 
-def _check_inputs(name: str, inputs: dict) -> None:
-    lengths = {key: len(value) for key, value in inputs.items() if value is not None}
-    if not lengths or min(lengths.values()) == 0:
-        raise ValueError(f"{name}: no inputs (empty {sorted(inputs)}); there is nothing to score")
-    if len(set(lengths.values())) > 1:
-        raise ValueError(f"{name}: inputs of different lengths {lengths}")
-
-
-class PerplexityFromNll(evaluate.Metric):
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_INPUTS,
-            features=datasets.Features({"nll": datasets.Value("float64"), "num_tokens": datasets.Value("int64")}),
-        )
-
-    def compute(self, **kwargs):
-        """Score the inputs; empty inputs raise a `ValueError` (evaluate itself would raise an IndexError)."""
-        _check_inputs("perplexity_from_nll", {k: kwargs.get(k) for k in ("nll", "num_tokens")})
-        return super().compute(**kwargs)
+class PerplexityFromNll(base.CheckedMetric):
+    NAME = "perplexity_from_nll"
+    INPUTS = ("nll", "num_tokens")
+    DESCRIPTION = _DESCRIPTION
+    INPUTS_DESCRIPTION = _INPUTS
+    FEATURES = datasets.Features({"nll": datasets.Value("float64"), "num_tokens": datasets.Value("int64")})
 
     def _compute(self, nll, num_tokens) -> dict:
         if min(num_tokens) < 0:

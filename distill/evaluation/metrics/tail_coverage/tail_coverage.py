@@ -19,7 +19,8 @@ raise a `ValueError`.
 import math
 
 import datasets
-import evaluate
+
+from distill.evaluation.metrics import base
 
 _DESCRIPTION = __doc__
 _INPUTS = """
@@ -31,27 +32,12 @@ Returns:
 """
 
 
-def _check_inputs(name: str, inputs: dict) -> None:
-    lengths = {key: len(value) for key, value in inputs.items() if value is not None}
-    if not lengths or min(lengths.values()) == 0:
-        raise ValueError(f"{name}: no inputs (empty {sorted(inputs)}); there is nothing to score")
-    if len(set(lengths.values())) > 1:
-        raise ValueError(f"{name}: inputs of different lengths {lengths}")
-
-
-class TailCoverage(evaluate.Metric):
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_INPUTS,
-            features=datasets.Features({"covered": datasets.Value("float64"), "total": datasets.Value("float64")}),
-        )
-
-    def compute(self, **kwargs):
-        """Score the inputs; empty inputs raise a `ValueError` (evaluate itself would raise an IndexError)."""
-        _check_inputs("tail_coverage", {k: kwargs.get(k) for k in ("covered", "total")})
-        return super().compute(**kwargs)
+class TailCoverage(base.CheckedMetric):
+    NAME = "tail_coverage"
+    INPUTS = ("covered", "total")
+    DESCRIPTION = _DESCRIPTION
+    INPUTS_DESCRIPTION = _INPUTS
+    FEATURES = datasets.Features({"covered": datasets.Value("float64"), "total": datasets.Value("float64")})
 
     def _compute(self, covered, total) -> dict:
         for c, t in zip(covered, total, strict=True):

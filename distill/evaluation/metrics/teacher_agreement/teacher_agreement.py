@@ -14,7 +14,8 @@ Empty inputs, lists of different lengths, and NaN or negative KL values (beyond 
 import math
 
 import datasets
-import evaluate
+
+from distill.evaluation.metrics import base
 
 _DESCRIPTION = __doc__
 _INPUTS = """
@@ -26,27 +27,12 @@ Returns:
 """
 
 
-def _check_inputs(name: str, inputs: dict) -> None:
-    lengths = {key: len(value) for key, value in inputs.items() if value is not None}
-    if not lengths or min(lengths.values()) == 0:
-        raise ValueError(f"{name}: no inputs (empty {sorted(inputs)}); there is nothing to score")
-    if len(set(lengths.values())) > 1:
-        raise ValueError(f"{name}: inputs of different lengths {lengths}")
-
-
-class TeacherAgreement(evaluate.Metric):
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_INPUTS,
-            features=datasets.Features({"kl": datasets.Value("float64"), "top1_agree": datasets.Value("bool")}),
-        )
-
-    def compute(self, **kwargs):
-        """Score the inputs; empty inputs raise a `ValueError` (evaluate itself would raise an IndexError)."""
-        _check_inputs("teacher_agreement", {k: kwargs.get(k) for k in ("kl", "top1_agree")})
-        return super().compute(**kwargs)
+class TeacherAgreement(base.CheckedMetric):
+    NAME = "teacher_agreement"
+    INPUTS = ("kl", "top1_agree")
+    DESCRIPTION = _DESCRIPTION
+    INPUTS_DESCRIPTION = _INPUTS
+    FEATURES = datasets.Features({"kl": datasets.Value("float64"), "top1_agree": datasets.Value("bool")})
 
     def _compute(self, kl, top1_agree) -> dict:
         if any(math.isnan(x) or x < -1e-9 for x in kl):
