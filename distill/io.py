@@ -2,7 +2,7 @@
 
 `atomic_directory(path)` yields a fresh sibling staging folder; when the block ends without error the staging
 folder replaces `path` (the old one is moved aside first and removed after), otherwise it is deleted and the
-old `path` stays untouched. `write_json` writes through a temp file and `os.replace`.
+old `path` stays untouched. `atomic_write_bytes` and `write_json` write through a flushed temp file and `os.replace`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 
@@ -40,11 +40,28 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    """Write `data` to `path` via a flushed temporary file in the same folder and `os.replace` (parents created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _plain(value):
-    """JSON-safe: non-finite floats become null (JSON has no NaN), paths become strings."""
+    """JSON-safe: non-finite floats become null (JSON has no NaN), keys strings, paths strings."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
@@ -54,15 +71,6 @@ def _plain(value):
 
 
 def write_json(path: str | os.PathLike, data) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(_plain(data), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+    """Indented, key-sorted JSON (non-finite floats as null), written atomically."""
+    text = json.dumps(_plain(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    return atomic_write_bytes(text.encode("utf-8"), path)

@@ -8,49 +8,18 @@ a partial one.
 from __future__ import annotations
 
 import io
-import json
-import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-
-def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
-    """Write `data` to `path` via a temporary file in the same folder and `os.replace` (parents created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _finite(value):
-    """JSON has no NaN/Infinity: non-finite floats become null; mappings and sequences are walked."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+from distill.io import atomic_write_bytes, write_json
 
 
 def write_report(metrics: dict, path: str | Path) -> Path:
     """Write `metrics` as indented, key-sorted JSON (non-finite floats as null, keys as strings), atomically."""
-    text = json.dumps(_finite(metrics), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    return atomic_write_bytes(text.encode("utf-8"), path)
+    return write_json(path, metrics)
 
 
 def _by_length(result: Mapping) -> list[tuple[int, float]]:
