@@ -34,8 +34,9 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             if aside is not None:
                 os.replace(aside / path.name, path)
             raise
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+        finally:
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

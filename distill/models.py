@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, Qwen2Config
 
 from distill.data.tokenizers import TokenizerRoundTripError, check_round_trip, save_tokenizer
+from distill.io import atomic_directory
 
 __all__ = [
     "DEMO_CHAIN",
@@ -134,9 +133,7 @@ def save_model(model: PreTrainedModel, tokenizer, path: str | os.PathLike) -> Pa
     vocab_size = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model only {vocab_size} embedding rows")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_directory(path) as staging:
         save_kwargs = {"safe_serialization": True} if _accepts(model.save_pretrained, "safe_serialization") else {}
         model.save_pretrained(staging, **save_kwargs)
         save_tokenizer(tokenizer, staging)
@@ -149,10 +146,6 @@ def save_model(model: PreTrainedModel, tokenizer, path: str | os.PathLike) -> Pa
                 f"refusing to save to {path}: {err} This tokenizer cannot be stored beside a {family!r} config; "
                 "build the model with ModelSpec(family='llama') (llama configs keep tokenizer.json as saved)."
             ) from err
-        _replace_folder(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return path
 
 
@@ -204,19 +197,3 @@ def _check_no_pickle(folder: Path) -> None:
     pickled = [p.name for p in files if p.suffix in _PICKLE_SUFFIXES]
     if pickled or not any(p.suffix == ".safetensors" for p in files):
         raise RuntimeError(f"expected safetensors weights and no pickle files, got {sorted(p.name for p in files)}")
-
-
-def _replace_folder(staging: Path, path: Path) -> None:
-    """Rename ``staging`` to ``path``; an existing ``path`` is moved aside first and restored if that fails."""
-    if not path.exists():
-        os.replace(staging, path)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-    backup.rmdir()
-    os.replace(path, backup)
-    try:
-        os.replace(staging, path)
-    except BaseException:
-        os.replace(backup, path)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -21,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from distill.data.collate import prompt_of, side_batch
 from distill.data.tokenize import IGNORE_INDEX, encode_example
+from distill.io import atomic_directory
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -43,9 +41,7 @@ def build_teacher_cache(teacher, tokenizer, dataset, out_dir: str | Path, *, k: 
     out_dir = Path(out_dir)
     device = next(teacher.parameters()).device
     teacher.eval()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         shards, ids_acc, lp_acc, lengths, row_ids = [], [], [], [], []
         for start in range(0, len(dataset), batch_size):
             rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
@@ -69,11 +65,6 @@ def build_teacher_cache(teacher, tokenizer, dataset, out_dir: str | Path, *, k: 
                     "temperature": temperature, "k": min(k, teacher.config.vocab_size), "rows": len(dataset),
                     "shards": shards}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, Features, List, Value
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from distill.io import atomic_directory
 
 __all__ = [
     "DEMO_FEATURES",
@@ -251,27 +251,8 @@ def save_dataset(dataset: Dataset | DatasetDict, path: str | os.PathLike, card: 
     temp directory is removed and the previous content of ``path`` is left intact. Returns ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    old: Path | None = None
-    try:
-        dataset.save_to_disk(str(tmp))
+    with atomic_directory(path) as staging:
+        dataset.save_to_disk(str(staging))
         if card is not None:
-            (tmp / "README.md").write_text(card, encoding="utf-8")
-        if path.exists() or path.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / "previous")
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                restore, old = old, None  # keep the moved-aside copy unless it is safely back in place
-                os.replace(restore / "previous", path)
-                shutil.rmtree(restore, ignore_errors=True)
-                raise
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            (staging / "README.md").write_text(card, encoding="utf-8")
     return path
