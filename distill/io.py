@@ -31,12 +31,12 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         try:
             os.replace(staging, path)
         except BaseException:
-            if aside is not None:
+            if aside is not None:  # put the old folder back; if even that fails, it stays in `aside`
                 os.replace(aside / path.name, path)
+                aside.rmdir()
             raise
-        finally:
-            if aside is not None:
-                shutil.rmtree(aside, ignore_errors=True)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
