@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distill.data.collate import prompt_of, side_batch
-from distill.data.tokenize import IGNORE_INDEX, encode_example
+from distill.data.tokenize import encode_example
 from distill.io import atomic_directory
 
 MANIFEST = "manifest.json"
@@ -50,9 +50,9 @@ def build_teacher_cache(teacher, tokenizer, dataset, out_dir: str | Path, *, k: 
             batch = side_batch([e.input_ids[: e.prompt_length] for e in encoded],
                                [e.input_ids[e.prompt_length:] for e in encoded], pad)
             logits = teacher(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                             use_cache=False).logits[:, :-1].float()
+                             use_cache=False).logits.float()
             top = torch.log_softmax(logits / temperature, dim=-1).topk(min(k, logits.shape[-1]), dim=-1)
-            mask = batch.labels[:, 1:] != IGNORE_INDEX
+            mask = batch.target_mask.to(device)
             for b, row in enumerate(rows):
                 ids_acc.append(top.indices[b][mask[b]].to(torch.int32).cpu())
                 lp_acc.append(top.values[b][mask[b]].cpu())
@@ -76,7 +76,7 @@ def _write_shard(folder: Path, index: int, ids, logprobs, lengths, row_ids) -> d
 
 
 class TeacherCache:
-    """A loaded cache: `batch(row_ids, target_mask)` gives `[B, L-1, k]` ids and log-probs at the target positions."""
+    """A loaded cache: `batch(row_ids, target_mask)` gives `[B, L, k]` ids and log-probs at the scored positions."""
 
     def __init__(self, path: Path, manifest: dict) -> None:
         self.path, self.manifest = path, manifest

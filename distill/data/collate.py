@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from distill.data.tokenize import IGNORE_INDEX
 
@@ -24,8 +25,14 @@ class SideBatch:
 
     @property
     def target_mask(self) -> torch.Tensor:
-        """`[B, L-1]`: which shifted targets (token t+1 predicted at t) are completion tokens."""
-        return self.labels[:, 1:] != IGNORE_INDEX
+        """`[B, L]`: positions t whose logits are scored, i.e. whose next token t+1 is a completion token. The
+        logits need no shift (a shifted view of `[B, L, V]` logits would be copied)."""
+        return nn.functional.pad(self.labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """`[B, L]`: the token each position predicts (`input_ids` shifted left; the last position pads)."""
+        return nn.functional.pad(self.input_ids[:, 1:], (0, 1), value=0)
 
     @property
     def num_targets(self) -> int:

@@ -30,7 +30,7 @@ from distill.rollout import generate
 class DistillBatch:
     student: SideBatch
     teacher: SideBatch | None  # None: the teacher reads the student's ids (same tokenizer)
-    alignment: AlignedGroups | None  # cross-tokenizer span groups over shifted targets
+    alignment: AlignedGroups | None  # cross-tokenizer span groups over logits positions (t predicts t + 1)
     source: str  # "off_policy" | "on_policy" | "seq_kd"
     row_ids: list[str]
 
@@ -50,8 +50,9 @@ class DistillBatch:
         return DistillBatch(self.student.to(device), teacher, alignment, self.source, self.row_ids)
 
 
-def _one_group(student_len: int, teacher_len: int) -> SpanAlignment:
-    return SpanAlignment(np.zeros(student_len, dtype=np.int64), np.zeros(teacher_len, dtype=np.int64), 1)
+def _unscored(student_len: int, teacher_len: int) -> SpanAlignment:
+    """Each side in a group of its own: no group has both sides, so nothing of this sample is scored."""
+    return SpanAlignment(np.zeros(student_len, dtype=np.int64), np.ones(teacher_len, dtype=np.int64), 2)
 
 
 class BatchBuilder:
@@ -68,34 +69,39 @@ class BatchBuilder:
     def _pad_id(tokenizer) -> int:
         return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def _rollout(self, model, tokenizer, prompts: list[list[int]]) -> tuple[list[str], list[bool]]:
-        """Sampled completions as text (byte-exact continuation decode) and whether each ended with EOS."""
+    def _rollout(self, model, tokenizer, prompts: list[list[int]]) -> tuple[list[list[int]], list[str], list[bool]]:
+        """Sampled completions: their ids (EOS kept), their text (byte-exact continuation decode) and whether each
+        ended with EOS."""
         out = generate(model, prompts, eos_token_id=tokenizer.eos_token_id, pad_token_id=self._pad_id(tokenizer),
                        **self.generation)
         table = token_bytes(tokenizer)
-        return [table.decode(c, continuation=True) for c in out.completions], out.finished
+        return out.completions, [table.decode(c, continuation=True) for c in out.completions], out.finished
 
     def _align(self, student_ids: list[int], teacher_ids: list[int]) -> SpanAlignment:
         """Byte-span groups of two completions; an empty side (a rollout of special tokens only) scores nothing."""
         if not student_ids or not teacher_ids:
-            return _one_group(len(student_ids), len(teacher_ids))
-        return align_spans(student_ids, teacher_ids, self.student_tok, self.teacher_tok, continuation=True)
+            return _unscored(len(student_ids), len(teacher_ids))
+        try:
+            return align_spans(student_ids, teacher_ids, self.student_tok, self.teacher_tok, continuation=True)
+        except ValueError:  # a rollout of invalid byte sequences the teacher cannot read back: not scored
+            return _unscored(len(student_ids), len(teacher_ids))
 
     def build(self, rows: list[dict], *, source: str = "off_policy", student_model=None, teacher_model=None
               ) -> DistillBatch:
         prompts = [prompt_of(r) for r in rows]
         s_prompts = [encode_prompt(self.student_tok, p) for p in prompts]
         t_prompts = s_prompts if self.same_tokenizer else [encode_prompt(self.teacher_tok, p) for p in prompts]
+        sampled = None  # the student's own sampled ids: it trains on exactly what it generated
         if source == "on_policy":
-            texts, finished = self._rollout(student_model, self.student_tok, s_prompts)
+            sampled, texts, finished = self._rollout(student_model, self.student_tok, s_prompts)
         elif source == "seq_kd":
-            texts, finished = self._rollout(teacher_model, self.teacher_tok, t_prompts)
+            _, texts, finished = self._rollout(teacher_model, self.teacher_tok, t_prompts)
         elif source == "off_policy":
             texts, finished = [r["completion"] for r in rows], [True] * len(rows)
         else:
             raise ValueError(f"unknown batch source {source!r}")
         ends = list(zip(texts, finished, strict=True))
-        s_completions = [encode_completion(self.student_tok, text, add_eos=done) for text, done in ends]
+        s_completions = sampled or [encode_completion(self.student_tok, text, add_eos=done) for text, done in ends]
         student = side_batch(s_prompts, s_completions, self._pad_id(self.student_tok))
         row_ids = [str(r.get("id", i)) for i, r in enumerate(rows)]
         if self.same_tokenizer:
@@ -104,7 +110,7 @@ class BatchBuilder:
         teacher = side_batch(t_prompts, t_completions, self._pad_id(self.teacher_tok))
         alignments = [self._align(s, t) for s, t in zip(s_completions, t_completions, strict=True)]
         alignment = AlignedGroups.from_alignments(
-            alignments, student.input_ids[:, 1:], teacher.input_ids[:, 1:],
+            alignments, student.targets, teacher.targets,
             [n - 1 for n in student.prompt_lengths], [n - 1 for n in teacher.prompt_lengths],
         )
         return DistillBatch(student, teacher, alignment, source, row_ids)
