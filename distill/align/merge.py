@@ -54,6 +54,8 @@ def merge_span_log_probs(
     Vectorised: the scalar factors are summed per group with one `index_add` in log space.
     """
     is_base = base_rows(group_of_row, strategy)
+    if bool(is_base.all()):  # every group is one token: nothing to merge, no copy
+        return logp
     num_groups = int(is_base.sum())
     realised = logp.gather(-1, realised_ids.unsqueeze(-1)).squeeze(-1)
     scalar = torch.zeros(num_groups, dtype=logp.dtype, device=logp.device)

@@ -64,12 +64,13 @@ def _cross_objective(cfg, student, teacher, mask, vocab_map, alignment, num_item
 
 def compute_objective(cfg: DistillConfig, student_logits: torch.Tensor, batch: DistillBatch, *,
                       teacher_logits: torch.Tensor | None = None, cached=None, vocab_map=None,
-                      step: int = 0, num_items: float | None = None) -> ObjectiveOutput:
+                      step: int = 0, num_items: float | None = None, measure: bool = True) -> ObjectiveOutput:
     """Loss of one micro-batch. `student_logits [B, L, Vs]` as the model returns them (position t predicts token
     t+1; scored where `batch.student.target_mask`); the teacher signal is either `teacher_logits [B, Lt, Vt]`
     (online) or `cached = (topk_ids, topk_logprobs)` `[B, L, k]` (offline).
     `num_items`: divide the summed loss by this instead of this batch's unit count (DDP: the mean count per
-    process, so that averaging gradients over processes gives the mean over all units)."""
+    process, so that averaging gradients over processes gives the mean over all units). `measure`: compute the
+    logging-only numbers (top-1 agreement, top-k mass)."""
     s_logits = student_logits
     mask = batch.student.target_mask
     targets = batch.student.targets
@@ -79,20 +80,21 @@ def compute_objective(cfg: DistillConfig, student_logits: torch.Tensor, batch: D
         ids, logprobs = cached
         loss = losses.sparse_forward_kl(s_logits, ids, logprobs, mask, temperature=cfg.loss_temperature,
                                         chunk_size=cfg.loss_chunk_size, num_items_in_batch=num_items)
-        topk_mass = float(torch.logsumexp(logprobs[mask].float(), -1).exp().mean()) if mask.any() else None
-        agreement = _agreement(s_logits.argmax(-1), ids[..., 0], mask)
+        if measure and mask.any():
+            topk_mass = float(torch.logsumexp(logprobs[mask].float(), -1).exp().mean())
+            agreement = _agreement(s_logits.argmax(-1), ids[..., 0], mask)
     elif batch.alignment is None:
         t_logits = teacher_logits
         vocab = min(s_logits.shape[-1], t_logits.shape[-1])  # a padded embedding matrix on one side: cut it
         s_cut = s_logits if s_logits.shape[-1] == vocab else s_logits[..., :vocab]
         t_cut = t_logits if t_logits.shape[-1] == vocab else t_logits[..., :vocab]
         loss, terms = _token_objective(cfg, s_cut, t_cut, mask, vocab_map, num_items)
-        agreement = _agreement(s_cut.argmax(-1), t_cut.argmax(-1), mask)
+        agreement = _agreement(s_cut.argmax(-1), t_cut.argmax(-1), mask) if measure else None
     else:
         t_logits = teacher_logits
         group_mask = batch.alignment.student_group >= 0
         loss, terms = _cross_objective(cfg, s_logits, t_logits, group_mask, vocab_map, batch.alignment, num_items)
-        agreement = _cross_agreement(s_logits, t_logits, batch, vocab_map)
+        agreement = _cross_agreement(s_logits, t_logits, batch, vocab_map) if measure else None
     terms[f"{cfg.method}_loss"] = float(loss.detach())
     if cfg.sft_weight > 0:
         ce_sum = F.cross_entropy(s_logits[mask].float(), targets[mask], reduction="sum")

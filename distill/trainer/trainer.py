@@ -128,7 +128,8 @@ class DistillTrainer(Trainer):
                                               attention_mask=teacher_side.attention_mask, use_cache=False).logits
         out = compute_objective(self.args, outputs.logits, batch, teacher_logits=teacher_logits, cached=cached,
                                 vocab_map=self.vocab_map, step=self.state.global_step,
-                                num_items=self._mean_units_per_process(batch) if model.training else None)
+                                num_items=self._mean_units_per_process(batch) if model.training else None,
+                                measure=not model.training or self._logging_step())
         if model.training:
             elapsed = max(time.perf_counter() - getattr(self, "_step_start", time.perf_counter()), 1e-9)
             self._logs["tokens_per_second"].append(batch.student.num_targets / elapsed)
@@ -140,6 +141,11 @@ class DistillTrainer(Trainer):
                 self._logs["teacher_topk_mass"].append(out.topk_mass)
             self._logs["lmbda"].append(self.schedule.value(self.state.global_step))
         return (out.loss, outputs) if return_outputs else out.loss
+
+    def _logging_step(self) -> bool:
+        """Whether the coming optimiser step is logged: logging-only numbers are computed on those steps only."""
+        every = max(int(self.args.logging_steps), 1) if self.args.logging_strategy == "steps" else 1
+        return (self.state.global_step + 1) % every == 0
 
     def _mean_units_per_process(self, batch: DistillBatch) -> float | None:
         """Under DDP, the loss sum is divided by the mean unit count per process: gradients averaged over processes
