@@ -42,10 +42,8 @@ import os
 import platform
 import pstats
 import random
-import shutil
 import statistics
 import sys
-import sysconfig
 import time
 import warnings
 from collections import defaultdict
@@ -64,196 +62,26 @@ import tokenizers  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 import trl  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback  # noqa: E402
 
-from distill.data.tokenizers import load_tokenizer, save_tokenizer, train_byte_level_bpe  # noqa: E402
+from distill.data.tokenizers import load_tokenizer  # noqa: E402
 from distill.trainer import DistillConfig, DistillTrainer, LambdaSchedule  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent
-OUT = ROOT / "out" / "vs_trl"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 datasets.disable_progress_bars()
 transformers.logging.set_verbosity_error()
 
 
-# --- tokenizers ------------------------------------------------------------------------------------------------
-def stdlib_files() -> list[Path]:
-    """The standard library's own modules (tests and site-packages left out), in a fixed order."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"site-packages", "test", "tests", "idle_test", "__pycache__"}
-    return sorted(p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts))
-
-
-def read_corpus(files: list[Path], megabytes: float) -> list[str]:
-    texts, size = [], 0
-    for path in files:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        texts.append(text)
-        size += len(text.encode("utf-8"))
-        if size >= megabytes * 2**20:
-            break
-    return texts
-
-
-def train_teacher_bpe(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """GPT-2/Llama-3 style byte-level BPE *without* individual digit splitting, with its own special tokens."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>")
-
-
-def tokenizer_paths(student_vocab: int, teacher_vocab: int, megabytes: float) -> tuple[Path, Path]:
-    """Train (once; cached under bench/out/vs_trl/) and save the two tokenizers; return their folders."""
-    files = stdlib_files()
-    paths = (OUT / f"tok-student-{student_vocab}-{megabytes:g}mb", OUT / f"tok-teacher-{teacher_vocab}-{megabytes:g}mb")
-    for side, path in zip(("student", "teacher"), paths, strict=True):
-        if (path / "tokenizer.json").exists():
-            continue
-        start = time.perf_counter()
-        half = files[0::2] if side == "student" else files[1::2]
-        texts = read_corpus(half, megabytes)
-        if side == "student":
-            tok = train_byte_level_bpe(texts, student_vocab)  # digits split individually, <|endoftext|>/<|pad|>
-        else:
-            tok = train_teacher_bpe(texts, teacher_vocab)
-        staging = path.with_name(path.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        save_tokenizer(tok, staging)
-        staging.rename(path)
-        print(f"trained the {side} tokenizer ({len(tok)} pieces, {len(texts)} files) in "
-              f"{time.perf_counter() - start:.1f}s -> {path}")
-    return paths
-
-
-# --- data ------------------------------------------------------------------------------------------------------
-def code_rows(student_tok, n: int, completion_tokens: int, seed: int = 0, prompt_chars: int = 240) -> list[dict]:
-    """Code-completion rows from the standard library: the prompt is up to `prompt_chars` characters of whole lines,
-    the completion the text that follows, cut after `completion_tokens - 1` student tokens (so with its EOS it is
-    as long as a rollout of `completion_tokens` tokens)."""
-    rng = random.Random(seed)
-    texts = [t for t in read_corpus(stdlib_files()[::7], 2.0) if t.count("\n") > 60]
-    rows = []
-    while len(rows) < n:
-        lines = rng.choice(texts).splitlines(keepends=True)
-        i = rng.randrange(10, len(lines) - 40)
-        prompt = "".join(lines[i - 10 : i])[-prompt_chars:]
-        prompt = prompt[prompt.find("\n") + 1 :] if len(prompt) == prompt_chars else prompt
-        tail = "".join(lines[i : i + 40])
-        enc = student_tok(tail, add_special_tokens=False, return_offsets_mapping=True)
-        if not prompt.strip() or len(enc["input_ids"]) < completion_tokens:
-            continue
-        completion = tail[: enc["offset_mapping"][completion_tokens - 2][1]]
-        if not completion.strip():
-            continue
-        rows.append({"id": f"code-{len(rows)}", "prompt": prompt, "prompt_messages": [], "completion": completion})
-    return rows
-
-
-def demo_rows(n: int, seed: int = 0) -> list[dict]:
-    from distill.data.demo import DemoConfig, make_demo_dataset
-
-    split = make_demo_dataset(DemoConfig(seed=seed, train_size=n, validation_size=1, test_size=1))["train"]
-    return [{k: r[k] for k in ("id", "prompt", "prompt_messages", "completion")} for r in split]
-
-
-# --- models ----------------------------------------------------------------------------------------------------
-def llama(tokenizer, hidden: int, layers: int, seed: int) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-        num_attention_heads=max(2, hidden // 64), num_key_value_heads=max(1, hidden // 128),
-        max_position_embeddings=2048, attention_dropout=0.0, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def n_params(model) -> str:
-    return f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
-
-
-# --- timing ----------------------------------------------------------------------------------------------------
-class Clock:
-    """Per-step wall times (and CPU times of this process) of the training loop and of the phases inside it."""
-
-    def __init__(self, cuda: bool):
-        self.cuda = cuda
-        self.phases: dict[str, float] = defaultdict(float)
-        self.info: dict = {}
-        self.steps: list[dict] = []
-        self.last: tuple[float, float] | None = None
-
-    def now(self) -> tuple[float, float]:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter(), time.process_time()
-
-    def wrap(self, name: str, fn, grad_only: bool = False):
-        def timed(*args, **kwargs):
-            if grad_only and not torch.is_grad_enabled():
-                return fn(*args, **kwargs)
-            wall, cpu = self.now()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                wall_end, cpu_end = self.now()
-                self.phases[name] += wall_end - wall
-                self.phases["cpu:" + name] += cpu_end - cpu
-
-        return timed
-
-    def start(self) -> None:
-        self.last = self.now()
-
-    def step_end(self) -> None:
-        now = self.now()
-        self.steps.append({"time": now[0] - self.last[0], "cpu:time": now[1] - self.last[1], **self.phases,
-                           **self.info})
-        self.phases.clear()
-        self.info = {}
-        self.last = now
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self, clock: Clock):
-        self.clock = clock
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.clock.start()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.clock.step_end()
-
-
-def instrument(trainer, clock: Clock, student, teacher) -> None:
-    """Time student generate / forward (with grad) and teacher forward, and record rollout shapes."""
-    generate = student.generate
-
-    def recorded_generate(*args, **kwargs):
-        out = generate(*args, **kwargs)
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        sequences = out.sequences if hasattr(out, "sequences") else out
-        clock.info["gen_prompt_shape"] = tuple(ids.shape)
-        clock.info["gen_new_tokens"] = int(sequences.shape[1] - ids.shape[1])
-        return out
-
-    student.generate = clock.wrap("generate", recorded_generate)
-    student.forward = clock.wrap("student_fwd", student.forward, grad_only=True)
-    teacher.forward = clock.wrap("teacher_fwd", teacher.forward)
-    trainer.add_callback(StepTimer(clock))
+from vs_trl_report import Clock, instrument, report  # noqa: E402
+from vs_trl_setup import (  # noqa: E402
+    OUT,
+    code_rows,
+    cpu_model,
+    demo_rows,
+    llama,
+    n_params,
+    tokenizer_paths,
+)
 
 
 class OurBench(DistillTrainer):
@@ -471,30 +299,6 @@ def floor_times(s: Setup, steps: list[dict]) -> tuple[list[dict], dict]:
 
 
 # --- report ----------------------------------------------------------------------------------------------------
-PHASES = (
-    ("generate", "student rollout (generate)"),
-    ("prepare-", "batch prep: tokenise/align/offsets"),
-    ("student_fwd", "student forward"),
-    ("teacher_fwd", "teacher forward"),
-    ("loss", "loss (+ TRL: teacher tokenisation)"),
-    ("backward", "backward"),
-    ("other", "optimiser, data, loop"),
-)
-
-
-def phase_means(steps: list[dict], prefix: str) -> dict[str, float]:
-    def mean(key):
-        return sum(st.get(prefix + key, 0.0) for st in steps) / len(steps)
-
-    out = {"generate": mean("generate"), "student_fwd": mean("student_fwd"), "teacher_fwd": mean("teacher_fwd")}
-    out["prepare-"] = mean("prepare") - out["generate"]
-    out["loss"] = mean("compute_loss") - out["student_fwd"] - out["teacher_fwd"]
-    out["backward"] = mean("training_step") - mean("prepare") - mean("compute_loss")
-    out["other"] = mean("time") - mean("training_step")
-    out["total"] = mean("time")
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (batch 2, 3 timed steps, 16 tokens)")
@@ -585,73 +389,6 @@ def main() -> None:
                   f"{time.perf_counter() - start:.1f}s wall incl. setup]")
             sys.stdout.flush()
     report(runs, floors)
-
-
-def mean_of(steps: list[dict], key: str, on_policy: bool | None = None) -> float:
-    values = [st.get(key, 0.0) for st in steps if on_policy is None or st["on_policy"] == on_policy]
-    return statistics.mean(values) if values else float("nan")
-
-
-def rate(steps: list[dict], key: str = "time") -> float:
-    """Student completion tokens per second (wall: key "time"; CPU of this process: "cpu:time")."""
-    return sum(st["tokens"] for st in steps) / sum(st[key] for st in steps)
-
-
-def report(runs: dict[str, list[list[dict]]], floors: list[tuple[list[dict], dict]]) -> None:
-    label = {"ours": "ours (DistillTrainer)", "trl": "TRL (GOLDTrainer)"}
-    timed = {name: [st for steps in per_repeat for st in steps] for name, per_repeat in runs.items()}
-    repeats = len(next(iter(runs.values())))
-    print()
-    print(f"all timed steps of {repeats} repeat(s):")
-    print("| trainer               | s/step | on-policy s/step | off-policy s/step | tokens/step on / off | tokens/s "
-          "| CPU s/step | tokens/CPU-s |")
-    print("|-----------------------|-------:|-----------------:|------------------:|---------------------:|---------:"
-          "|-----------:|-------------:|")
-    for name, steps in timed.items():
-        print(f"| {label[name]:<21} | {mean_of(steps, 'time'):6.2f} | {mean_of(steps, 'time', True):16.2f} | "
-              f"{mean_of(steps, 'time', False):17.2f} | "
-              f"{mean_of(steps, 'tokens', True):9.1f} / {mean_of(steps, 'tokens', False):8.1f} | "
-              f"{rate(steps):8.1f} | {mean_of(steps, 'cpu:time'):10.2f} | {rate(steps, 'cpu:time'):12.1f} |")
-
-    print()
-    print("time per step by phase, mean over the timed steps (wall s / CPU s of this process):")
-    means = {name: (phase_means(steps, ""), phase_means(steps, "cpu:")) for name, steps in timed.items()}
-    print(f"| {'phase':<36} |" + "".join(f" {label[n]:>21} |" for n in means))
-    print(f"|{'-' * 38}|" + "".join(f"{'-' * 22}:|" for _ in means))
-    for key, text in (*PHASES, ("total", "total")):
-        print(f"| {text:<36} |" + "".join(f" {wall[key]:9.3f} / {cpu[key]:9.3f} |" for wall, cpu in means.values()))
-
-    both = "ours" in runs and "trl" in runs
-    print()
-    for r in range(repeats):
-        parts = [f"repeat {r + 1}:"]
-        if both:
-            ours, trl = runs["ours"][r], runs["trl"][r]
-            parts.append(f"ours/TRL tokens/s {rate(ours) / rate(trl):.2f} wall, "
-                         f"{rate(ours, 'cpu:time') / rate(trl, 'cpu:time'):.2f} CPU;")
-        if floors:
-            ours, floor = runs["ours"][r], floors[r][0]
-            parts.append(f"ours/floor {mean_of(ours, 'time') / mean_of(floor, 'time'):.2f} wall, "
-                         f"{mean_of(ours, 'cpu:time') / mean_of(floor, 'cpu:time'):.2f} CPU")
-        print(" ".join(parts))
-
-    if floors:
-        steps = timed["ours"]
-        floor = [st for f, _ in floors for st in f]
-        opt = floors[-1][1]
-        on_steps = sum(st["on_policy"] for st in runs["ours"][0])
-        generated = sum(st.get("gen_new_tokens", 0) * st.get("gen_prompt_shape", (0,))[0] for st in runs["ours"][0])
-        trained = sum(st["tokens"] for st in runs["ours"][0])
-        print(f"floor = student fwd+bwd + teacher fwd on our batch shapes + generate on the {on_steps} on-policy steps "
-              f"({generated} tokens generated of {trained} trained per repeat): {mean_of(floor, 'time'):.3f} s/step "
-              f"wall, {mean_of(floor, 'cpu:time'):.3f} s/step CPU; one AdamW step on the student (not in the floor): "
-              f"{opt['time']:.3f} s wall")
-        print(f"(CPU time: ours / floor = {mean_of(steps, 'cpu:time') / mean_of(floor, 'cpu:time'):.2f})")
-        print(f"ours step time / floor = {mean_of(steps, 'time') / mean_of(floor, 'time'):.2f}")
-    if both:
-        print(f"(CPU time: ours/TRL tokens per CPU-second = "
-              f"{rate(timed['ours'], 'cpu:time') / rate(timed['trl'], 'cpu:time'):.2f})")
-        print(f"ratio ours/TRL = {rate(timed['ours']) / rate(timed['trl']):.2f}")
 
 
 if __name__ == "__main__":
