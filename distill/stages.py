@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import datasets
 
@@ -202,7 +201,3 @@ def gate(params: PipelineParams) -> dict:
         raise GateFailed("; ".join(f"gate failed: {v['metric']} = {v['value']:.4g}, required {v['op']} "
                                    f"{v['threshold']}" for v in failed))
     return report
-
-
-def stage_outputs_exist(params: PipelineParams, name: str) -> bool:
-    return Path(params.path("models", name), "config.json").exists()

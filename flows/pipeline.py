@@ -13,6 +13,7 @@ Runs on Prefect's ephemeral server by default, or on the server named by PREFECT
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -121,8 +122,6 @@ def distill_pipeline(request: PipelineRequest | None = None) -> dict:
 
 
 def load_gate(workdir: Path, params) -> dict | None:
-    import json
-
     path = workdir / params.path("report", "gate.json")
     return json.loads(path.read_text()) if path.exists() else None
 
