@@ -29,7 +29,7 @@ test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check distill tests bench
+	$(VENV)/bin/ruff check distill flows tasks tests bench
 
 bench: $(VENV)/.installed
 	$(PY) bench/losses.py

@@ -26,12 +26,17 @@ def _params(args) -> PipelineParams:
 
 
 def cmd_stage(args) -> int:
-    from distill import stages
+    from distill import launch, stages
 
     params = _params(args)
     name = args.name
     if name in ("distill", "evaluate") and not args.model:
         raise ParamsError(f"distill stage {name}: --model NAME is required")
+    nproc = {"teacher": params.teacher_training.nproc_per_node,
+             "distill": params.hop(args.model).nproc_per_node if name == "distill" else 1}.get(name, 1)
+    if nproc > 1 and not launch.is_worker():
+        return launch.launch(["stage", name, "--params", args.params, *(["--model", args.model] if args.model else [])],
+                             nproc)
     if name == "prepare":
         result = stages.prepare(params)
     elif name == "teacher":

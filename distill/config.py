@@ -59,6 +59,7 @@ class SFTParams(_Strict):
     learning_rate: float = Field(2e-3, gt=0)
     batch_size: int = Field(32, gt=0)
     seed: int = 0
+    nproc_per_node: int = Field(1, ge=1, description="> 1: train under torchrun, one process per GPU")
 
 
 class HopParams(_Strict):
@@ -78,6 +79,7 @@ class HopParams(_Strict):
     batch_size: int = Field(32, gt=0)
     max_new_tokens: int = Field(48, gt=0)
     seed: int = 0
+    nproc_per_node: int = Field(1, ge=1, description="> 1: train under torchrun, one process per GPU")
 
     @field_validator("method")
     @classmethod

@@ -6,7 +6,8 @@ Layout under `params.artifacts`:
     data/                 the prepared DatasetDict (+ README.md card)
     tokenizers/<name>/    tokenizers trained on the data (demo)
     models/<name>/        HF model folders (safetensors + tokenizer)
-    checkpoints/<name>/   Trainer checkpoints of a distillation hop (kept: a killed run resumes from them)
+    checkpoints/<name>/   Trainer checkpoints of a distillation hop: scratch space a killed run resumes from, stamped
+                          with the hop's fingerprint (stale ones are discarded) and removed when the hop finishes
     metrics/<stage>.json  what each training stage measured
     eval/<model>.json     evaluation of each model
     report/               summary.json, gate.json, accuracy_by_length.png
@@ -14,10 +15,14 @@ Layout under `params.artifacts`:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
+from pathlib import Path
 
 import datasets
+import torch
 
 from distill.config import PipelineParams
 from distill.data.demo import check_answer, dataset_card, make_demo_dataset, save_dataset
@@ -25,6 +30,7 @@ from distill.data.load import load_user_dataset, user_dataset_card
 from distill.data.tokenizers import save_tokenizer, train_byte_level_bpe, train_metaspace_unigram
 from distill.evaluation import evaluate_model, plot_accuracy_by_length, write_report
 from distill.io import atomic_directory, write_json
+from distill.launch import rank
 from distill.models import build_model, count_parameters, load_model, load_tokenizer, save_model
 from distill.sft import train_sft
 
@@ -91,8 +97,9 @@ def teacher(params: PipelineParams) -> dict:
                            eval_dataset=data["validation"], seed=sft.seed, logging_steps=max(sft.max_steps // 20, 1))
         metrics.update({k: v for k, v in result.items() if k != "log_history"})
         metrics["train_seconds"] = time.perf_counter() - start
-    save_model(model, tokenizer, params.path("models", "teacher"))
-    write_json(params.path("metrics", "teacher.json"), metrics)
+    if rank() == 0:  # under torchrun (teacher_training.nproc_per_node > 1) every worker gets here
+        save_model(model, tokenizer, params.path("models", "teacher"))
+        write_json(params.path("metrics", "teacher.json"), metrics)
     return metrics
 
 
@@ -118,18 +125,52 @@ def distill(params: PipelineParams, student_name: str) -> dict:
     trainer = DistillTrainer(model=student_model, teacher_model=teacher_model, args=config,
                              train_dataset=data["train"], eval_dataset=data["validation"],
                              processing_class=student_tok, teacher_tokenizer=teacher_tok)
-    resume = any(checkpoints.glob("checkpoint-*"))
+    fingerprint = {"hop": hop.model_dump(), "student": params.models[student_name].model_dump(mode="json"),
+                   "inputs": tree_digest(params.path("models", hop.teacher), params.path("data"))}
+    resume = resumable_checkpoints(checkpoints, fingerprint)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start
-    save_model(trainer.model, student_tok, params.path("models", student_name))
     history = trainer.state.log_history
     metrics = {"hop": f"{hop.teacher}->{student_name}", "method": hop.method, "lmbda": hop.lmbda,
                "resumed": resume, "train_seconds": seconds, "parameters": count_parameters(trainer.model),
+               "processes": trainer.args.world_size,
                "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
-               "eval_loss": trainer.evaluate().get("eval_loss")}
-    write_json(params.path("metrics", f"distill-{student_name}.json"), metrics)
+               "eval_loss": trainer.evaluate().get("eval_loss")}  # every process takes part in evaluate()
+    if trainer.is_world_process_zero():
+        save_model(trainer.model, student_tok, params.path("models", student_name))
+        write_json(params.path("metrics", f"distill-{student_name}.json"), metrics)
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the model is saved: nothing left to resume
     return metrics
+
+
+def tree_digest(*roots: Path) -> str:
+    """sha256 over the relative paths and bytes of every file under `roots` (streamed, 1 MiB at a time)."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resumable_checkpoints(checkpoints: Path, fingerprint: dict) -> bool:
+    """True when `checkpoints` holds checkpoints of this very hop (same params, student spec, teacher, data).
+
+    Checkpoints of anything else (the params or the teacher changed since a run was killed) are discarded, so a
+    changed hop never resumes from a stale run. The fingerprint is stamped into `fingerprint.json`.
+    """
+    stamp = checkpoints / "fingerprint.json"
+    if rank() == 0:
+        if checkpoints.exists() and (not stamp.exists() or json.loads(stamp.read_text()) != fingerprint):
+            shutil.rmtree(checkpoints)
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        write_json(stamp, fingerprint)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # the other ranks look only after rank 0 has cleaned up
+    return any(checkpoints.glob("checkpoint-*"))
 
 
 # --- evaluate ----------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ for transient failures only (killed, timed out, out of resources); bad parameter
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import MissingContextError
 
 EXIT_BAD_INPUT, EXIT_GATE = 2, 3
 WORKSPACE_LIMIT = "distill-workspace"
@@ -48,17 +50,30 @@ def _retry_transient(task, task_run, state) -> bool:
     return False
 
 
-def _env() -> dict[str, str]:
-    """The stage sees this interpreter's scripts (distill, dvc) first on PATH."""
+def _logger():
+    """The Prefect run logger inside a flow or task, else this module's logger (scripts, tests)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The stage sees this interpreter's scripts (distill, dvc) first on PATH, plus `extra` (credentials)."""
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), **(extra or {})}
 
 
-def run_command(command: list[str], workdir: str | Path, deadline_s: float, stage: str) -> str:
-    """Run `command` in its own process group; kill the whole group at the deadline. Returns its output."""
-    logger = get_run_logger()
-    process = subprocess.Popen(command, cwd=workdir, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
+def run_command(command: list[str], workdir: str | Path, deadline_s: float, stage: str, *,
+                env: dict[str, str] | None = None, quiet: bool = False, check: bool = True) -> str:
+    """Run `command` in its own process group; kill the whole group at the deadline. Returns its output.
+
+    `env` is added to the subprocess's environment only (credentials never reach this process's environment,
+    a log or a file). The last lines of the output are logged unless `quiet`; a non-zero exit raises
+    StageFailed unless `check` is False.
+    """
+    process = subprocess.Popen(command, cwd=workdir, env=_env(env), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output, _ = process.communicate(timeout=deadline_s)
     except subprocess.TimeoutExpired:
@@ -68,20 +83,37 @@ def run_command(command: list[str], workdir: str | Path, deadline_s: float, stag
     except BaseException:  # flow cancelled or interpreter exiting: take the stage down with us
         os.killpg(process.pid, signal.SIGKILL)
         raise
-    for line in output.strip().splitlines()[-20:]:
-        logger.info("%s | %s", stage, line)
-    if process.returncode != 0:
+    if not quiet:
+        logger = _logger()
+        for line in output.strip().splitlines()[-20:]:
+            logger.info("%s | %s", stage, line)
+    if check and process.returncode != 0:
         raise StageFailed(stage, process.returncode, output[-3000:])
     return output
 
 
+def exit_code(command: list[str], workdir: str | Path, timeout_s: float = 600) -> int:
+    """The exit status of a quick query command (`dvc status --quiet`, ...), output discarded."""
+    return subprocess.run(command, cwd=workdir, env=_env(), capture_output=True, timeout=timeout_s).returncode
+
+
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_transient, task_run_name="{stage}")
-def run_stage(stage: str, workdir: str, deadline_s: float = 3600.0, metrics_file: str | None = None) -> dict:
-    """`dvc repro --single-item <stage>` under the workspace concurrency limit; returns its metrics JSON."""
+def run_stage(stage: str, workdir: str, deadline_s: float = 3600.0, metrics_file: str | None = None,
+              pull: bool = False, credentials_block: str | None = None) -> dict:
+    """`dvc repro --single-item [--pull] <stage>` under the workspace concurrency limit; returns its metrics.
+
+    With `pull`, missing dependencies and the run cache come from the default remote first, so a stage that
+    already ran elsewhere (a GPU worker, CI) is restored from the run cache instead of recomputed
+    (`replayed` in the result).
+    """
+    from tasks.storage import credentials_env
+
+    command = ["dvc", "repro", "--single-item", *(["--pull"] if pull else []), stage]
     with concurrency(f"{WORKSPACE_LIMIT}", occupy=1, strict=False):
-        output = run_command(["dvc", "repro", "--single-item", stage], workdir, deadline_s, stage)
+        output = run_command(command, workdir, deadline_s, stage, env=credentials_env(credentials_block))
+    replayed = "skipping run, checking out outputs" in output
     skipped = "didn't change, skipping" in output
     metrics = {}
     if metrics_file and (Path(workdir) / metrics_file).exists():
         metrics = json.loads((Path(workdir) / metrics_file).read_text())
-    return {"stage": stage, "skipped": skipped, "metrics": metrics}
+    return {"stage": stage, "skipped": skipped, "replayed": replayed, "metrics": metrics}

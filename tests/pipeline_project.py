@@ -21,8 +21,9 @@ def env() -> dict[str, str]:
             "GIT_COMMITTER_EMAIL": "test@example.com", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def sh(*command: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=env(), capture_output=True, text=True)
+def sh(*command: str, cwd: Path, check: bool = True, extra_env: dict[str, str] | None = None
+       ) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -40,6 +41,8 @@ def make_project(path: Path, **param_overrides) -> Path:
     (path / ".gitignore").write_text("/artifacts/checkpoints\n")
     sh("git", "init", "-q", "-b", "main", cwd=path)
     sh("dvc", "init", "-q", cwd=path)
+    shutil.copy(ROOT / ".dvc" / "config", path / ".dvc" / "config")  # the committed remotes
+    shutil.copy(ROOT / ".dvcignore", path / ".dvcignore")
     sh("git", "add", "-A", cwd=path)
     sh("git", "commit", "-qm", "project", cwd=path)
     return path
