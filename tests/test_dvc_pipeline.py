@@ -64,3 +64,27 @@ def test_a_flow_killed_mid_stage_reruns_without_recomputing_finished_stages(tmp_
     assert (project / "artifacts/models/teacher/model.safetensors").stat().st_mtime_ns == teacher_stamp
     metrics = json.loads((project / "artifacts/metrics/distill-student.json").read_text())
     assert metrics["resumed"] is True
+
+
+def test_a_hop_with_nproc_per_node_2_trains_under_torchrun_and_rank_0_alone_writes(tmp_path):
+    chain = [{"teacher": "teacher", "student": "student", "method": "gold", "lmbda": 0.5, "max_steps": 4,
+              "batch_size": 4, "max_new_tokens": 10, "nproc_per_node": 2}]
+    project = make_project(tmp_path / "project", chain=chain)
+    sh("dvc", "repro", "teacher", cwd=project)
+    out = sh("distill", "stage", "distill", "--model", "student", cwd=project)
+    assert "torch.distributed.run" in out.stdout and "--nproc_per_node=2" in out.stdout, out.stdout
+    metrics = json.loads((project / "artifacts/metrics/distill-student.json").read_text())
+    assert metrics["processes"] == 2
+    assert (project / "artifacts/models/student/model.safetensors").exists()
+    assert not (project / "artifacts/checkpoints/student").exists()  # removed once the model is saved
+
+
+def test_checkpoints_of_a_changed_hop_are_discarded_not_resumed(tmp_path):
+    from distill.stages import resumable_checkpoints
+
+    checkpoints = tmp_path / "checkpoints"
+    assert resumable_checkpoints(checkpoints, {"hop": {"lmbda": 0.5}}) is False
+    (checkpoints / "checkpoint-2").mkdir()
+    assert resumable_checkpoints(checkpoints, {"hop": {"lmbda": 0.5}}) is True  # same hop: resume
+    assert resumable_checkpoints(checkpoints, {"hop": {"lmbda": 0.0}}) is False  # changed: discarded
+    assert not (checkpoints / "checkpoint-2").exists()
