@@ -32,11 +32,13 @@ from distill.sft import train_sft
 from distill.trainer import DistillConfig, DistillTrainer
 
 OUT = Path(__file__).parent / "out"
+WEIGHT_DECAY = 0.1  # every run, teacher and students alike
 
 
 def distil(student, student_tok, teacher, teacher_tok, data, *, lmbda, steps, lr, batch, max_new_tokens, out):
-    args = DistillConfig(output_dir=str(out), method="gold", lmbda=lmbda, beta=0.5, max_steps=steps,
-                         learning_rate=lr, per_device_train_batch_size=batch, max_new_tokens=max_new_tokens,
+    args = DistillConfig(output_dir=str(out), method="gold", lmbda=lmbda, beta=0.0, max_steps=steps,
+                         learning_rate=lr, weight_decay=WEIGHT_DECAY, per_device_train_batch_size=batch,
+                         max_new_tokens=max_new_tokens,
                          lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20),
                          logging_steps=max(1, steps // 10), save_strategy="no", report_to=[], disable_tqdm=True,
                          seed=0)
@@ -56,7 +58,7 @@ def longest_accuracy(metrics: dict, top: int = 3) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--teacher-steps", type=int, default=1500)
+    parser.add_argument("--teacher-steps", type=int, default=800)
     parser.add_argument("--student-steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -65,20 +67,21 @@ def main() -> None:
     args = parser.parse_args()
     demo = DemoConfig()
     if args.quick:
-        demo = DemoConfig(train_size=200, validation_size=20, test_size=40, max_length=6)
+        demo = DemoConfig(train_size=200, validation_size=20, test_size=40, max_length=4)
         args.teacher_steps, args.student_steps, args.test_limit = 30, 10, 40
     torch.manual_seed(0)
     data = make_demo_dataset(demo)
     texts = [r["prompt"] + r["completion"] for r in data["train"]]
     bpe, unigram = train_byte_level_bpe(texts, 600), train_metaspace_unigram(texts, 600)
-    max_new = 2 * demo.max_length + 4
+    max_new = 13 * demo.max_length + 8  # 12 tokens a step at most, the counter, EOS
     evaluate = {"check": check_answer, "max_new_tokens": max_new, "batch_size": 100, "limit": args.test_limit}
     results: dict[str, dict] = {}
 
     teacher = build_model(DEMO_CHAIN["teacher"], bpe, seed=0)
     start = time.perf_counter()
     train_sft(teacher, bpe, data["train"], output_dir=str(OUT / "quality-teacher"), max_steps=args.teacher_steps,
-              learning_rate=args.lr, batch_size=args.batch, logging_steps=max(1, args.teacher_steps // 10))
+              learning_rate=args.lr, batch_size=args.batch, weight_decay=WEIGHT_DECAY,
+              logging_steps=max(1, args.teacher_steps // 10))
     teacher_seconds = time.perf_counter() - start
     results["teacher"] = evaluate_model(teacher, bpe, data["test"], **evaluate)
     results["teacher"]["train_seconds"] = teacher_seconds
@@ -93,7 +96,7 @@ def main() -> None:
                                                  **common),
         "student SFT": lambda s: (train_sft(s, unigram, data["train"], output_dir=str(OUT / "q-sft"),
                                             max_steps=args.student_steps, learning_rate=args.lr,
-                                            batch_size=args.batch), s)[1],
+                                            batch_size=args.batch, weight_decay=WEIGHT_DECAY), s)[1],
     }
     for name, run in runs.items():
         student = build_model(DEMO_CHAIN["student"], unigram, seed=0)

@@ -58,6 +58,7 @@ class SFTParams(_Strict):
     max_steps: int = Field(600, gt=0)
     learning_rate: float = Field(2e-3, gt=0)
     batch_size: int = Field(32, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
     seed: int = 0
     nproc_per_node: int = Field(1, ge=1, description="> 1: train under torchrun, one process per GPU")
 
@@ -77,6 +78,7 @@ class HopParams(_Strict):
     max_steps: int = Field(300, gt=0)
     learning_rate: float = Field(2e-3, gt=0)
     batch_size: int = Field(32, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
     max_new_tokens: int = Field(48, gt=0)
     seed: int = 0
     nproc_per_node: int = Field(1, ge=1, description="> 1: train under torchrun, one process per GPU")

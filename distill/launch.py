@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 
-__all__ = ["is_worker", "launch", "rank"]
+__all__ = ["ddp_arguments", "is_worker", "launch", "rank"]
 
 
 def is_worker() -> bool:
@@ -33,3 +33,15 @@ def launch(stage_args: list[str], nproc_per_node: int) -> int:
                "-m", "distill.cli", *stage_args]
     print("launching:", " ".join(command), flush=True)
     return subprocess.run(command, check=False).returncode
+
+
+def ddp_arguments() -> dict:
+    """`TrainingArguments` for this process: CPU when there is no GPU; under torchrun, DDP over NCCL (GPUs) or
+    gloo (CPUs), without the unused-parameter search (every parameter takes part in every step here)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    arguments: dict = {"use_cpu": not cuda}
+    if is_worker():
+        arguments.update(ddp_backend="nccl" if cuda else "gloo", ddp_find_unused_parameters=False)
+    return arguments

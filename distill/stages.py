@@ -30,7 +30,7 @@ from distill.data.load import load_user_dataset, user_dataset_card
 from distill.data.tokenizers import save_tokenizer, train_byte_level_bpe, train_metaspace_unigram
 from distill.evaluation import evaluate_model, plot_accuracy_by_length, write_report
 from distill.io import atomic_directory, write_json
-from distill.launch import rank
+from distill.launch import ddp_arguments, rank
 from distill.models import build_model, count_parameters, load_model, load_tokenizer, save_model
 from distill.sft import train_sft
 
@@ -94,7 +94,8 @@ def teacher(params: PipelineParams) -> dict:
         start = time.perf_counter()
         result = train_sft(model, tokenizer, data["train"], output_dir=str(params.path("checkpoints", "teacher")),
                            max_steps=sft.max_steps, learning_rate=sft.learning_rate, batch_size=sft.batch_size,
-                           eval_dataset=data["validation"], seed=sft.seed, logging_steps=max(sft.max_steps // 20, 1))
+                           weight_decay=sft.weight_decay, eval_dataset=data["validation"], seed=sft.seed,
+                           logging_steps=max(sft.max_steps // 20, 1), **ddp_arguments())
         metrics.update({k: v for k, v in result.items() if k != "log_history"})
         metrics["train_seconds"] = time.perf_counter() - start
     if rank() == 0:  # under torchrun (teacher_training.nproc_per_node > 1) every worker gets here
@@ -117,10 +118,12 @@ def distill(params: PipelineParams, student_name: str) -> dict:
         output_dir=str(checkpoints), method=hop.method, lmbda=hop.lmbda, lmbda_schedule=hop.lmbda_schedule,
         lmbda_warmup_steps=hop.lmbda_warmup_steps, beta=hop.beta, loss_temperature=hop.loss_temperature,
         sft_weight=hop.sft_weight, max_steps=hop.max_steps, learning_rate=hop.learning_rate,
+        weight_decay=hop.weight_decay,
         per_device_train_batch_size=hop.batch_size, per_device_eval_batch_size=hop.batch_size,
         max_new_tokens=hop.max_new_tokens, seed=hop.seed, report_to=[], save_strategy="steps",
         save_steps=max(hop.max_steps // 4, 1), save_total_limit=2, logging_steps=max(hop.max_steps // 20, 1),
         lr_scheduler_type="cosine", warmup_steps=max(1, hop.max_steps // 20), disable_tqdm=True,
+        **ddp_arguments(),
     )
     trainer = DistillTrainer(model=student_model, teacher_model=teacher_model, args=config,
                              train_dataset=data["train"], eval_dataset=data["validation"],

@@ -1,4 +1,5 @@
-"""The running-sum demo task: determinism, format, verifier, card, atomic save, tokenisation."""
+"""The demo task (affine iteration mod 10, worked steps): determinism, format, verifier, card, atomic save,
+tokenisation."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from distill.data.demo import (
 from distill.data.tokenize import IGNORE_INDEX, encode_completion, encode_example, encode_prompt
 
 SMALL = DemoConfig(seed=3, train_size=300, validation_size=40, test_size=60, min_length=2, max_length=9)
-PROMPT_RE = re.compile(r"cumsum: \d( \d)*\n=")
-COMPLETION_RE = re.compile(r" \d( \d)*")
+PROMPT_RE = re.compile(r"n=([1-9]\d*) a=(\d) b=(\d) x=(\d)\n=")
+STEP_RE = re.compile(r"(\d+):(\d)\*(\d)=(\d)\+(\d)=(\d)")
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,10 @@ def small() -> DatasetDict:
 
 
 def test_format_example_from_the_spec() -> None:
-    assert solve("cumsum: 3 5 2 8\n=") == " 3 8 0 8"
-    assert format_completion([3, 5, 2, 8]) == " 3 8 0 8"
-    assert format_completion([9]) == " 9"
+    assert solve("n=3 a=6 b=7 x=2\n=") == " 3:6*2=2+7=9 2:6*9=4+7=1 1:6*1=6+7=3"
+    assert format_completion(3, 6, 7, 2) == " 3:6*2=2+7=9 2:6*9=4+7=1 1:6*1=6+7=3"
+    assert format_completion(1, 0, 9, 5) == " 1:0*5=0+9=9"
+    assert solve("n=12 a=1 b=1 x=0\n=").split()[-1] == "1:1*1=1+1=2"  # x counts up mod 10: 1, 2, ..., 0, 1, 2
 
 
 def test_splits_columns_and_ids(small: DatasetDict) -> None:
@@ -68,23 +70,25 @@ def test_prompts_unique_across_splits(small: DatasetDict) -> None:
 
 
 def test_unique_even_when_the_prompt_space_is_nearly_full() -> None:
-    config = DemoConfig(train_size=95, validation_size=10, test_size=5, min_length=1, max_length=2)  # 110 exist
+    config = DemoConfig(train_size=1900, validation_size=50, test_size=50, min_length=1, max_length=2)  # 2000 exist
     prompts = [p for d in make_demo_dataset(config).values() for p in d["prompt"]]
-    assert len(set(prompts)) == 110
+    assert len(set(prompts)) == 2000
     with pytest.raises(ValidationError, match="distinct prompts"):
-        DemoConfig(train_size=100, validation_size=10, test_size=1, min_length=1, max_length=2)
+        DemoConfig(train_size=1950, validation_size=50, test_size=1, min_length=1, max_length=2)
 
 
 def test_format_is_exact_and_answers_check(small: DatasetDict) -> None:
     for d in small.values():
         for row in d:
-            assert PROMPT_RE.fullmatch(row["prompt"]), row["prompt"]
-            assert COMPLETION_RE.fullmatch(row["completion"]), row["completion"]
-            digits = [int(c) for c in row["prompt"][len("cumsum: ") : -2].split(" ")]
-            answer = [int(c) for c in row["completion"].split()]
-            assert len(digits) == len(answer) == row["answer_length"]
-            assert answer[0] == digits[0]
-            assert all(answer[i] == (answer[i - 1] + digits[i]) % 10 for i in range(1, len(digits)))
+            n, a, b, x = map(int, PROMPT_RE.fullmatch(row["prompt"]).groups())
+            assert n == row["answer_length"] and row["completion"].startswith(" ")
+            steps = row["completion"][1:].split(" ")
+            assert len(steps) == n
+            for i, step in enumerate(steps):  # independent re-derivation of every step
+                k, a_, x_, m, b_, y = map(int, STEP_RE.fullmatch(step).groups())
+                assert (k, a_, b_, x_) == (n - i, a, b, x)
+                assert m == a * x % 10 and y == (m + b) % 10
+                x = y
             assert check_answer(row["prompt"], row["completion"])
 
 
@@ -94,18 +98,19 @@ def test_answer_length_range(small: DatasetDict) -> None:
 
 
 def test_check_answer() -> None:
-    prompt = "cumsum: 3 5 2 8\n="
-    assert check_answer(prompt, " 3 8 0 8")
-    assert check_answer("\n" + prompt + " ", "3 8 0 8 \n")  # surrounding whitespace is fine
-    assert not check_answer(prompt, " 3 8 0 9")  # wrong digit
-    assert not check_answer(prompt, " 3 8 0")  # too short
-    assert not check_answer(prompt, " 3 8 0 8 2")  # too long
-    assert not check_answer(prompt, " 3  8 0 8")  # inner spacing must be exact
-    assert not check_answer(prompt, " 3808")
+    prompt = "n=2 a=6 b=7 x=2\n="
+    assert check_answer(prompt, " 2:6*2=2+7=9 1:6*9=4+7=1")
+    assert check_answer("\n" + prompt + " ", "2:6*2=2+7=9 1:6*9=4+7=1 \n")  # surrounding whitespace is fine
+    assert not check_answer(prompt, " 2:6*2=2+7=9 1:6*9=4+7=2")  # wrong digit
+    assert not check_answer(prompt, " 2:6*2=2+7=9")  # too short
+    assert not check_answer(prompt, " 2:6*2=2+7=9 1:6*9=4+7=1 0:6*1=6+7=3")  # too long
+    assert not check_answer(prompt, " 2:6*2=2+7=9  1:6*9=4+7=1")  # inner spacing must be exact
+    assert not check_answer(prompt, " 1")
     assert not check_answer(prompt, "")
     assert not check_answer("what is 2+2?", " 4")
-    with pytest.raises(ValueError, match="not a demo prompt"):
-        solve("cumsum: 12 3\n=")
+    for bad in ("n=2 a=12 b=7 x=2\n=", "n=0 a=1 b=7 x=2\n=", "cumsum: 1 2\n="):
+        with pytest.raises(ValueError, match="not a demo prompt"):
+            solve(bad)
 
 
 def test_config_validation() -> None:
@@ -187,7 +192,7 @@ def test_examples_tokenise(small: DatasetDict, fixture: str, request: pytest.Fix
         assert completion_ids[-1] == tokenizer.eos_token_id
         answer = tokenizer.decode(completion_ids[:-1])
         assert check_answer(row["prompt"], answer)
-        assert [c for c in answer if c.isdigit()] == [c for c in row["completion"] if c.isdigit()]
+        assert answer.split() == row["completion"].split()
 
 
 def test_save_dataset_restores_the_old_folder_if_the_swap_fails(

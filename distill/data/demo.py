@@ -1,18 +1,23 @@
 """The demo task: a deterministic, verifiable multi-step reasoning task for distillation on a CPU.
 
-**Running sum mod 10.** The prompt lists ``n`` digits ``x_1 .. x_n``; the answer lists ``y_1 .. y_n`` with
-``y_1 = x_1`` and ``y_i = (y_{i-1} + x_i) mod 10``. Every answer digit depends on the previous *answer* digit,
-so one wrong token derails the rest of the answer: exposure bias (training on teacher prefixes, generating from
-one's own) becomes visible as accuracy falling with answer length. Exact format::
+**Iterate an affine map mod 10, showing the work.** The prompt gives a step count ``n``, coefficients ``a``, ``b``
+and a start ``x`` (digits); the answer applies ``x <- (a*x + b) mod 10`` ``n`` times, one worked step per
+state, counting down ``k = n .. 1``. Each step writes the product first, ``m = a*x mod 10``, then the new state
+``y = (m + b) mod 10``, and the next step starts from ``y``. Exact format::
 
-    prompt:     "cumsum: 3 5 2 8\\n="
-    completion: " 3 8 0 8"
+    prompt:     "n=3 a=6 b=7 x=2\n="
+    completion: " 3:6*2=2+7=9 2:6*9=4+7=1 1:6*1=6+7=3"
 
-The completion starts with a space (so it tokenises the same way whatever the prompt's last token is), digits
+Every step depends on the previous step's result, so one wrong digit derails the rest of the answer: exposure
+bias (training on teacher prefixes, generating from one's own) shows up as accuracy falling with answer length.
+Each step needs only the step before it (the coefficients are carried along), which keeps the task learnable by
+a model of a few million parameters in minutes, while the answer grows to any length.
+
+The completion starts with a space (so it tokenises the same way whatever the prompt's last token is), steps
 are separated by single spaces, and there is no trailing space.
 
 Every split is a :class:`datasets.Dataset` with the columns of :data:`EXAMPLE_FEATURES` plus ``answer_length``
-(the number of answer digits). Prompts are unique across all splits, and the same :class:`DemoConfig` always
+(``n``, the number of steps). Prompts are unique across all splits, and the same :class:`DemoConfig` always
 gives the same rows (``random.Random(seed)``, no global state). :func:`save_dataset` writes any dataset folder
 atomically; it is shared with user data (``distill.data.load``).
 """
@@ -46,8 +51,7 @@ __all__ = [
 ]
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
-PROMPT_PREFIX = "cumsum: "
-PROMPT_SUFFIX = "\n="
+PROMPTS_PER_LENGTH = 1000  # the (a, b, x) digit triples
 
 #: The columns every prepared dataset has (demo and user data): chat prompts go in ``prompt_messages`` with
 #: ``prompt == ""``; plain prompts in ``prompt`` with ``prompt_messages == []``.
@@ -61,7 +65,7 @@ EXAMPLE_FEATURES = Features(
 )
 DEMO_FEATURES = Features({**EXAMPLE_FEATURES, "answer_length": Value("int32")})
 
-_PROMPT_RE = re.compile(r"cumsum: (\d(?: \d)*)\n=")
+_PROMPT_RE = re.compile(r"n=([1-9]\d*) a=(\d) b=(\d) x=(\d)\n=")
 
 
 class DemoConfig(BaseModel):
@@ -73,8 +77,8 @@ class DemoConfig(BaseModel):
     train_size: int = Field(4000, ge=1)
     validation_size: int = Field(200, ge=1)
     test_size: int = Field(400, ge=1)
-    min_length: int = Field(4, ge=1)
-    max_length: int = Field(16, ge=1, le=1024)
+    min_length: int = Field(3, ge=1)
+    max_length: int = Field(8, ge=1, le=1024)
 
     @property
     def total_size(self) -> int:
@@ -84,7 +88,7 @@ class DemoConfig(BaseModel):
     def _check(self) -> DemoConfig:
         if self.min_length > self.max_length:
             raise ValueError(f"min_length ({self.min_length}) must be <= max_length ({self.max_length})")
-        capacity = sum(10**n for n in range(self.min_length, self.max_length + 1))
+        capacity = PROMPTS_PER_LENGTH * (self.max_length - self.min_length + 1)
         if self.total_size > capacity:
             raise ValueError(
                 f"train_size + validation_size + test_size = {self.total_size} unique prompts requested, but only "
@@ -93,36 +97,39 @@ class DemoConfig(BaseModel):
         return self
 
 
-def format_prompt(digits: list[int]) -> str:
-    """``[3, 5, 2, 8]`` -> ``"cumsum: 3 5 2 8\\n="``."""
-    return PROMPT_PREFIX + " ".join(map(str, digits)) + PROMPT_SUFFIX
+def format_prompt(n: int, a: int, b: int, x: int) -> str:
+    """``(3, 6, 7, 2)`` -> ``"n=3 a=6 b=7 x=2\\n="``."""
+    return f"n={n} a={a} b={b} x={x}\n="
 
 
-def format_completion(digits: list[int]) -> str:
-    """The running sums mod 10 of ``digits`` as a completion: ``[3, 5, 2, 8]`` -> ``" 3 8 0 8"``."""
-    total, out = 0, []
-    for d in digits:
-        total = (total + d) % 10
-        out.append(str(total))
-    return " " + " ".join(out)
+def format_completion(n: int, a: int, b: int, x: int) -> str:
+    """The worked iteration: ``(3, 6, 7, 2)`` -> ``" 3:6*2=2+7=9 2:6*9=4+7=1 1:6*1=6+7=3"``."""
+    steps = []
+    for k in range(n, 0, -1):
+        m = (a * x) % 10
+        y = (m + b) % 10
+        steps.append(f"{k}:{a}*{x}={m}+{b}={y}")
+        x = y
+    return " " + " ".join(steps)
 
 
-def _parse_prompt(prompt: str) -> list[int]:
+def _parse_prompt(prompt: str) -> tuple[int, int, int, int]:
     match = _PROMPT_RE.fullmatch(prompt.strip())
     if match is None:
         raise ValueError(f"not a demo prompt: {prompt!r}")
-    return [int(c) for c in match.group(1).split(" ")]
+    n, a, b, x = map(int, match.groups())
+    return n, a, b, x
 
 
 def solve(prompt: str) -> str:
     """The exact completion for a demo prompt (leading space included); ValueError if it is not one."""
-    return format_completion(_parse_prompt(prompt))
+    return format_completion(*_parse_prompt(prompt))
 
 
 def check_answer(prompt: str, completion: str) -> bool:
     """True iff ``completion`` is the right answer, ignoring only whitespace around prompt and completion.
 
-    Spacing *inside* the answer must be exact (single spaces), as must the number of digits; a prompt that is
+    Spacing *inside* the answer must be exact (single spaces), as must the number of steps; a prompt that is
     not a demo prompt gives False.
     """
     try:
@@ -141,7 +148,7 @@ def _draw_lengths(rng: random.Random, config: DemoConfig) -> list[int]:
         n = rng.choice(lengths)
         out.append(n)
         counts[n] += 1
-        if counts[n] == 10**n:  # every prompt of this length is taken (only possible for tiny lengths)
+        if counts[n] == PROMPTS_PER_LENGTH:  # every prompt of this length is taken
             lengths.remove(n)
     return out
 
@@ -162,26 +169,26 @@ def _draw_numbers(rng: random.Random, n_digits: int, count: int) -> list[int]:
 
 
 def make_demo_dataset(config: DemoConfig | None = None) -> DatasetDict:
-    """Generate the train/validation/test splits of the running-sum task (deterministic in ``config``).
+    """Generate the train/validation/test splits of the demo task (deterministic in ``config``).
 
-    All lengths are drawn first, then for each length the required number of distinct digit strings, so no
-    prompt repeats within or across splits. Rows are dealt in draw order: first ``train_size`` to train, then
+    All lengths are drawn first, then for each length the required number of distinct ``(a, b, x)`` triples, so
+    no prompt repeats within or across splits. Rows are dealt in draw order: first ``train_size`` to train, then
     validation, then test.
     """
     config = config or DemoConfig()
     rng = random.Random(config.seed)
     lengths = _draw_lengths(rng, config)
-    per_length = {n: iter(_draw_numbers(rng, n, lengths.count(n))) for n in sorted(set(lengths))}
+    per_length = {n: iter(_draw_numbers(rng, 3, lengths.count(n))) for n in sorted(set(lengths))}
     sizes = {"train": config.train_size, "validation": config.validation_size, "test": config.test_size}
     splits, start = {}, 0
     for split in SPLITS:
         rows: dict[str, list] = {name: [] for name in DEMO_FEATURES}
         for i, n in enumerate(lengths[start : start + sizes[split]]):
-            digits = [int(c) for c in str(next(per_length[n])).zfill(n)]
+            a, b, x = (int(c) for c in str(next(per_length[n])).zfill(3))
             rows["id"].append(f"{split}-{i:06d}")
-            rows["prompt"].append(format_prompt(digits))
+            rows["prompt"].append(format_prompt(n, a, b, x))
             rows["prompt_messages"].append([])
-            rows["completion"].append(format_completion(digits))
+            rows["completion"].append(format_completion(n, a, b, x))
             rows["answer_length"].append(n)
         start += sizes[split]
         splits[split] = Dataset.from_dict(rows, features=DEMO_FEATURES, split=split)
@@ -213,7 +220,7 @@ def dataset_card(config: DemoConfig, dataset: DatasetDict) -> str:
     sizes = ", ".join(f"{s}: {len(d)}" for s, d in dataset.items())
     return (
         "---\n"
-        "pretty_name: Running sum mod 10 (distill demo task)\n"
+        "pretty_name: Affine iteration mod 10 with worked steps (distill demo task)\n"
         "language:\n  - en\n"
         "license: apache-2.0\n"
         "task_categories:\n  - text-generation\n"
@@ -221,16 +228,17 @@ def dataset_card(config: DemoConfig, dataset: DatasetDict) -> str:
         "tags:\n  - synthetic\n  - knowledge-distillation\n  - reasoning\n"
         f"{splits_yaml(dataset)}"
         "---\n\n"
-        "# Running sum mod 10\n\n"
+        "# Affine iteration mod 10 with worked steps\n\n"
         "A synthetic, exactly verifiable multi-step task for knowledge-distillation experiments on a CPU. The "
-        "prompt lists digits x_1..x_n; the answer lists their running sums mod 10, y_i = (y_(i-1) + x_i) mod 10. "
-        "Each answer digit depends on the previous answer digit, so errors compound along the answer and exposure "
+        "prompt gives a step count n and digits a, b, x; the answer applies x <- (a*x + b) mod 10 n times, "
+        "writing each step as `k:a*x=m+b=y` with m = a*x mod 10 and y = (m + b) mod 10, for k = n down to 1. "
+        "Each step starts from the previous step's result, so errors compound along the answer and exposure "
         "bias shows up as accuracy falling with answer length.\n\n"
         "## Format\n\n"
-        '- `prompt`: `"cumsum: <digits separated by single spaces>\\n="`\n'
-        '- `completion`: `" <running sums separated by single spaces>"` (leading space, no trailing space)\n'
+        '- `prompt`: `"n=<steps> a=<digit> b=<digit> x=<digit>\\n="`\n'
+        '- `completion`: `" <steps separated by single spaces>"` (leading space, no trailing space)\n'
         "- `prompt_messages`: always `[]` (the column exists for schema compatibility with chat data)\n"
-        "- `answer_length`: number of answer digits, drawn uniformly from "
+        "- `answer_length`: number of steps n, drawn uniformly from "
         f"[{config.min_length}, {config.max_length}]\n"
         "- `id`: `<split>-<row>`\n\n"
         "Prompts are unique across all splits. Grade with `distill.data.demo.check_answer(prompt, completion)`.\n\n"

@@ -149,11 +149,13 @@ class DistillTrainer(Trainer):
 
     def _mean_units_per_process(self, batch: DistillBatch) -> float | None:
         """Under DDP, the loss sum is divided by the mean unit count per process: gradients averaged over processes
-        are then the gradient of the mean over all units, exactly as one process with the whole batch."""
+        are then the gradient of the mean over all units, exactly as one process with the whole batch. When no
+        process has a scored unit (every rollout ended at once), every loss sum is 0 and so is the loss: the count
+        is taken as at least 1 instead of dividing 0 by 0."""
         if self.args.world_size <= 1:
             return None
         units = torch.tensor(float(batch.num_units), device=self.args.device)
-        return float(self.accelerator.reduce(units, reduction="sum")) / self.args.world_size
+        return max(float(self.accelerator.reduce(units, reduction="sum")), 1.0) / self.args.world_size
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation: the distillation loss on the reference completions (off-policy, no generation)."""
