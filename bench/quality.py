@@ -35,8 +35,10 @@ OUT = Path(__file__).parent / "out"
 WEIGHT_DECAY = 0.1  # every run, teacher and students alike
 
 
-def distil(student, student_tok, teacher, teacher_tok, data, *, lmbda, steps, lr, batch, max_new_tokens, out):
+def distil(student, student_tok, teacher, teacher_tok, data, *, lmbda, steps, lr, batch, max_new_tokens, out,
+           schedule="constant"):
     args = DistillConfig(output_dir=str(out), method="gold", lmbda=lmbda, beta=0.0, max_steps=steps,
+                         lmbda_schedule=schedule if lmbda > 0 else "constant", lmbda_warmup_steps=steps // 2,
                          learning_rate=lr, weight_decay=WEIGHT_DECAY, per_device_train_batch_size=batch,
                          max_new_tokens=max_new_tokens,
                          lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20),
@@ -63,6 +65,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--test-limit", type=int, default=400)
+    parser.add_argument("--schedule", default="constant", choices=["constant", "linear"],
+                        help="lambda schedule of the on-policy student (linear: 0 -> lmbda over half the steps)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     demo = DemoConfig()
@@ -88,7 +92,8 @@ def main() -> None:
     print(f"teacher: {count_parameters(teacher):,} params, {teacher_seconds:.0f}s of SFT, "
           f"exact match {results['teacher']['exact_match']:.3f}", flush=True)
 
-    common = {"steps": args.student_steps, "lr": args.lr, "batch": args.batch, "max_new_tokens": max_new}
+    common = {"steps": args.student_steps, "lr": args.lr, "batch": args.batch, "max_new_tokens": max_new,
+              "schedule": args.schedule}
     runs = {
         "student gold lmbda=0.5": lambda s: distil(s, unigram, teacher, bpe, data, lmbda=0.5, out=OUT / "q-on",
                                                    **common),

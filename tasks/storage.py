@@ -24,14 +24,17 @@ CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TO
                    "AWS_DEFAULT_REGION")
 
 
+_DVC_ERROR = re.compile(r"ERROR: (?:failed to transfer '\w+' - |unexpected error - )?(.+)")
+
+
 class PushFailed(RuntimeError):
     """`dvc push` did not finish; retrying is safe (objects are content-addressed and appear only when whole)."""
 
     def __init__(self, remote: str, url: str, failed: int | None, tail: str) -> None:
         self.remote, self.url, self.failed, self.tail = remote, url, failed, tail
         what = f"{failed} file(s) failed to upload" if failed is not None else "the push did not complete"
-        errors = re.findall(r"ERROR: (?:failed to transfer '\w+' - |unexpected error - )?(.+)", tail)
-        cause = f" ({errors[-1].strip()})" if errors else ""
+        errors = [e.strip() for e in _DVC_ERROR.findall(tail) if not e.startswith("failed to push data")]
+        cause = f" ({errors[0]})" if errors else ""
         super().__init__(
             f"dvc push to remote {remote!r} ({url}) failed: {what}{cause}. Files already in the remote are complete "
             "(S3 objects appear only when fully written, named by their content hash) and the local cache is "

@@ -37,3 +37,14 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """One S3-compatible server process (moto's) on 127.0.0.1 and a free port for the whole test run; tests reset
+    it (`moto_server.reset(bucket)`) before use."""
+    from tests.s3 import MotoServer
+
+    server = MotoServer()
+    yield server
+    server.stop()

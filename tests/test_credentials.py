@@ -45,6 +45,7 @@ def test_push_failure_message_names_remote_url_count_and_cause():
     message = str(PushFailed("s3", "s3://bucket/dvc", 3, tail))
     assert "remote 's3' (s3://bucket/dvc)" in message and "3 file(s) failed to upload" in message
     assert "running the push again uploads only what is missing" in message
+    assert "(Could not connect to the endpoint URL" in message  # the cause, not the summary line
 
 
 def test_gpu_offload_without_push_is_refused():

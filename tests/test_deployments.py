@@ -21,7 +21,6 @@ import yaml
 
 from tests.pipeline_project import ROOT, env, make_project, sh
 from tests.prefect_server import PrefectServer, Worker
-from tests.s3 import MotoServer
 
 MARKER = "MARKER-s3cr3t-7f3a9c0e5b"
 BUCKET = "distill-pipeline"
@@ -67,9 +66,9 @@ def deploy_project(path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_deployed_pipeline_runs_on_workers_with_gpu_stages_on_the_gpu_pool_and_leaks_no_secret(tmp_path):
+def test_deployed_pipeline_runs_on_workers_with_gpu_stages_on_the_gpu_pool_and_leaks_no_secret(tmp_path, moto_server):
     project = deploy_project(tmp_path / "project")
-    s3 = MotoServer()
+    s3 = moto_server
     server = PrefectServer(tmp_path / "prefect-home")
     workers: list[Worker] = []
     try:
@@ -123,7 +122,6 @@ def test_deployed_pipeline_runs_on_workers_with_gpu_stages_on_the_gpu_pool_and_l
         for worker in workers:
             worker.stop()
         server.stop()
-        s3.stop()
 
 
 TRIGGER = """

@@ -14,17 +14,10 @@ import pytest
 
 from tasks.storage import PushFailed, push_artifacts
 from tests.pipeline_project import ROOT, make_project, sh
-from tests.s3 import CREDENTIALS, MotoServer, SlowProxy, content_addressed_problems
+from tests.s3 import CREDENTIALS, SlowProxy, content_addressed_problems
 
 pytestmark = pytest.mark.slow
 BUCKET = "distill-pipeline"  # the bucket the committed .dvc/config names for the `s3` remote
-
-
-@pytest.fixture(scope="module")
-def moto_server():
-    server = MotoServer()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
