@@ -22,6 +22,8 @@ from prefect import get_run_logger, task
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import MissingContextError
 
+from tasks.credentials import credentials_env
+
 EXIT_BAD_INPUT, EXIT_GATE = 2, 3
 WORKSPACE_LIMIT = "distill-workspace"
 
@@ -106,8 +108,6 @@ def run_stage(stage: str, workdir: str, deadline_s: float = 3600.0, metrics_file
     already ran elsewhere (a GPU worker, CI) is restored from the run cache instead of recomputed
     (`replayed` in the result).
     """
-    from tasks.storage import credentials_env
-
     command = ["dvc", "repro", "--single-item", *(["--pull"] if pull else []), stage]
     with concurrency(f"{WORKSPACE_LIMIT}", occupy=1, strict=False):
         output = run_command(command, workdir, deadline_s, stage, env=credentials_env(credentials_block))

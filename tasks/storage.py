@@ -11,18 +11,13 @@ the DVC subprocess's environment and nowhere else: it is never a task parameter,
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from prefect import task
 
+from tasks.credentials import credentials_env
 from tasks.stages import StageFailed, run_command
-
-#: The keys a credentials Secret block may hold (any subset); everything else is refused by name.
-CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",
-                   "AWS_DEFAULT_REGION")
-
 
 _DVC_ERROR = re.compile(r"ERROR: (?:failed to transfer '\w+' - |unexpected error - )?(.+)")
 
@@ -39,35 +34,6 @@ class PushFailed(RuntimeError):
             f"dvc push to remote {remote!r} ({url}) failed: {what}{cause}. Files already in the remote are complete "
             "(S3 objects appear only when fully written, named by their content hash) and the local cache is "
             "unchanged, so running the push again uploads only what is missing.\n" + tail[-1500:])
-
-
-def credentials_env(secret_block: str | None) -> dict[str, str]:
-    """The environment a DVC subprocess needs from the Prefect Secret block `secret_block` ({} when None).
-
-    The block holds a JSON object with any of :data:`CREDENTIAL_KEYS` (or a JSON string of one).
-    """
-    if not secret_block:
-        return {}
-    from prefect.blocks.system import Secret
-
-    try:
-        value = Secret.load(secret_block).get()
-    except ValueError as error:
-        raise ValueError(f"credentials Secret block {secret_block!r} could not be loaded: {error}") from None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise ValueError(f"credentials Secret block {secret_block!r} must hold a JSON object with keys "
-                             f"{', '.join(CREDENTIAL_KEYS)}; it holds a plain string") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"credentials Secret block {secret_block!r} must hold a JSON object, "
-                         f"not {type(value).__name__}")
-    unknown = sorted(set(value) - set(CREDENTIAL_KEYS))
-    if unknown:
-        raise ValueError(f"credentials Secret block {secret_block!r} has unknown keys {unknown}; "
-                         f"allowed: {', '.join(CREDENTIAL_KEYS)}")
-    return {key: str(v) for key, v in value.items()}
 
 
 def remote_url(workdir: str | Path, remote: str | None) -> tuple[str, str]:

@@ -7,7 +7,8 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from tasks.storage import CREDENTIAL_KEYS, PushFailed, credentials_env
+from tasks.credentials import CREDENTIAL_KEYS, credentials_env
+from tasks.storage import PushFailed
 
 
 def _save(name: str, value) -> None:
