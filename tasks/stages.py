@@ -42,14 +42,21 @@ class StageFailed(RuntimeError):
         return self.returncode < 0 or self.returncode in (137, 143) or self.tail.startswith("Timeout")
 
 
-def _retry_transient(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except StageFailed as failure:
-        return failure.transient
-    except Exception:  # unknown errors are not retried
+def retry_when(should_retry):
+    """A Prefect `retry_condition_fn` that retries a failed run only when `should_retry(error)` says so;
+    any other error fails at once."""
+
+    def condition(task, task_run, state) -> bool:
+        try:
+            state.result()
+        except Exception as error:
+            return bool(should_retry(error))
         return False
-    return False
+
+    return condition
+
+
+_retry_transient = retry_when(lambda error: isinstance(error, StageFailed) and error.transient)
 
 
 def _logger():

@@ -17,7 +17,7 @@ from pathlib import Path
 from prefect import task
 
 from tasks.credentials import credentials_env
-from tasks.stages import StageFailed, run_command
+from tasks.stages import StageFailed, retry_when, run_command
 
 _DVC_ERROR = re.compile(r"ERROR: (?:failed to transfer '\w+' - |unexpected error - )?(.+)")
 
@@ -59,14 +59,7 @@ def push_artifacts(workdir: str | Path, remote: str | None = None, *, deadline_s
         raise PushFailed(name, url, int(counts[-1]) if counts else None, failure.tail) from None
 
 
-def _retry_push(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except PushFailed:
-        return True
-    except Exception:
-        return False
-    return False
+_retry_push = retry_when(lambda error: isinstance(error, PushFailed))
 
 
 @task(retries=3, retry_delay_seconds=[5, 20, 60], retry_condition_fn=_retry_push, task_run_name="push {stage}")

@@ -55,3 +55,26 @@ def test_gpu_offload_without_push_is_refused():
     with pytest.raises(ValidationError, match="gpu_deployment needs push=True"):
         PipelineRequest(gpu_deployment="distill-gpu-stage/gpu")
     assert PipelineRequest(gpu_deployment="distill-gpu-stage/gpu", push=True).push
+
+
+def test_retry_when_retries_only_the_errors_it_names(prefect_harness):
+    from prefect import flow, task
+
+    from tasks.stages import StageFailed, _retry_transient
+
+    attempts: list[int] = []
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=_retry_transient)
+    def fail(code: int) -> None:
+        attempts.append(code)
+        raise StageFailed("teacher", code, "killed")
+
+    @flow
+    def run(code: int) -> None:
+        fail(code)
+
+    for code, expected in ((-9, 3), (2, 1)):  # killed: retried twice; bad input (exit 2): failed at once
+        attempts.clear()
+        with pytest.raises(StageFailed):
+            run(code)
+        assert len(attempts) == expected, (code, attempts)
