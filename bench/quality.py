@@ -36,18 +36,25 @@ WEIGHT_DECAY = 0.1  # every run, teacher and students alike
 
 
 def distil(student, student_tok, teacher, teacher_tok, data, *, lmbda, steps, lr, batch, max_new_tokens, out,
-           schedule="constant"):
+           schedule="constant", gold_weights=None):
     args = DistillConfig(output_dir=str(out), method="gold", lmbda=lmbda, beta=0.0, max_steps=steps,
                          lmbda_schedule=schedule if lmbda > 0 else "constant", lmbda_warmup_steps=steps // 2,
                          learning_rate=lr, weight_decay=WEIGHT_DECAY, per_device_train_batch_size=batch,
                          max_new_tokens=max_new_tokens,
                          lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20),
                          logging_steps=max(1, steps // 10), save_strategy="no", report_to=[], disable_tqdm=True,
-                         seed=0)
+                         seed=0, **gold_weight_args(gold_weights))
     trainer = DistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data["train"],
                              processing_class=student_tok, teacher_tokenizer=teacher_tok)
     trainer.train()
     return trainer.model
+
+
+def gold_weight_args(weights: list[float] | None) -> dict:
+    """DistillConfig arguments for fixed GOLD weights `[matched, unmatched]`, or none (adaptive weights)."""
+    if not weights:
+        return {}
+    return {"gold_matched_weight": weights[0], "gold_unmatched_weight": weights[1]}
 
 
 def longest_accuracy(metrics: dict, top: int = 3) -> float:
@@ -60,13 +67,15 @@ def longest_accuracy(metrics: dict, top: int = 3) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--teacher-steps", type=int, default=800)
-    parser.add_argument("--student-steps", type=int, default=600)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--teacher-steps", type=int, default=1200)
+    parser.add_argument("--student-steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--test-limit", type=int, default=400)
     parser.add_argument("--schedule", default="constant", choices=["constant", "linear"],
                         help="lambda schedule of the on-policy student (linear: 0 -> lmbda over half the steps)")
+    parser.add_argument("--gold-weights", type=float, nargs=2, metavar=("MATCHED", "UNMATCHED"),
+                        help="fixed GOLD weights for both gold students (default: adaptive)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     demo = DemoConfig()
@@ -93,7 +102,7 @@ def main() -> None:
           f"exact match {results['teacher']['exact_match']:.3f}", flush=True)
 
     common = {"steps": args.student_steps, "lr": args.lr, "batch": args.batch, "max_new_tokens": max_new,
-              "schedule": args.schedule}
+              "schedule": args.schedule, "gold_weights": args.gold_weights}
     runs = {
         "student gold lmbda=0.5": lambda s: distil(s, unigram, teacher, bpe, data, lmbda=0.5, out=OUT / "q-on",
                                                    **common),

@@ -152,3 +152,30 @@ def test_gold_argument_errors():
         losses.gold(student, teacher, mask, _Map([0], [40]), alignment=groups)
     with pytest.raises(ValueError, match="share \\[B, T\\]"):
         losses.gold(student, teacher, mask, _Map([0], [0]))
+
+
+def test_sorted_descending_orders_rows_and_passes_gradients_like_torch_sort():
+    """The CPU sort (packed uint64 keys for float32 probabilities, argsort otherwise) against `torch.sort`."""
+    from distill.losses.divergences import _argsort_rows, sorted_descending
+
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(6, 301) * 4, dim=-1)
+    probs[0, :50] = 0.0  # ties, including exact zeros
+    probs[1, 10:20] = probs[1, 5]
+    for rows in (probs, probs.double()):
+        ours = rows.clone().requires_grad_(True)
+        theirs = rows.clone().requires_grad_(True)
+        weights = torch.linspace(1, 2, rows.shape[-1], dtype=rows.dtype)
+        (sorted_descending(ours) * weights).sum().backward()
+        (theirs.sort(dim=-1, descending=True).values * weights).sum().backward()
+        assert torch.equal(sorted_descending(ours.detach()), theirs.detach().sort(dim=-1, descending=True).values)
+        # tied values may swap places, which changes which of them gets which weight: compare per tie class
+        for row in range(rows.shape[0]):
+            for value in rows[row].unique():
+                where = rows[row] == value
+                assert torch.allclose(ours.grad[row][where].sum(), theirs.grad[row][where].sum())
+    block = probs.numpy()
+    assert np.array_equal(_argsort_rows(block), np.argsort(block, axis=-1, kind="stable"))
+    signed = block.copy()
+    signed[2, 3], signed[3, 4] = -0.0, -1e-3  # not probabilities: the plain argsort path
+    assert np.array_equal(np.take_along_axis(signed, _argsort_rows(signed), -1), np.sort(signed, axis=-1))
