@@ -36,14 +36,14 @@ WEIGHT_DECAY = 0.1  # every run, teacher and students alike
 
 
 def distil(student, student_tok, teacher, teacher_tok, data, *, lmbda, steps, lr, batch, max_new_tokens, out,
-           schedule="constant", gold_weights=None):
+           schedule="constant", gold_weights=None, seed=0):
     args = DistillConfig(output_dir=str(out), method="gold", lmbda=lmbda, beta=0.0, max_steps=steps,
                          lmbda_schedule=schedule if lmbda > 0 else "constant", lmbda_warmup_steps=steps // 2,
                          learning_rate=lr, weight_decay=WEIGHT_DECAY, per_device_train_batch_size=batch,
                          max_new_tokens=max_new_tokens,
                          lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20),
                          logging_steps=max(1, steps // 10), save_strategy="no", report_to=[], disable_tqdm=True,
-                         seed=0, **gold_weight_args(gold_weights))
+                         seed=seed, **gold_weight_args(gold_weights))
     trainer = DistillTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data["train"],
                              processing_class=student_tok, teacher_tokenizer=teacher_tok)
     trainer.train()
@@ -67,7 +67,7 @@ def longest_accuracy(metrics: dict, top: int = 3) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--teacher-steps", type=int, default=1200)
+    parser.add_argument("--teacher-steps", type=int, default=1400)
     parser.add_argument("--student-steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)

@@ -155,8 +155,8 @@ def test_gold_argument_errors():
 
 
 def test_sorted_descending_orders_rows_and_passes_gradients_like_torch_sort():
-    """The CPU sort (packed uint64 keys for float32 probabilities, argsort otherwise) against `torch.sort`."""
-    from distill.losses.divergences import _argsort_rows, sorted_descending
+    """The CPU path (numpy sort for constant rows, numpy argsort + gather otherwise) against `torch.sort`."""
+    from distill.losses.divergences import sorted_descending
 
     torch.manual_seed(0)
     probs = torch.softmax(torch.randn(6, 301) * 4, dim=-1)
@@ -174,8 +174,3 @@ def test_sorted_descending_orders_rows_and_passes_gradients_like_torch_sort():
             for value in rows[row].unique():
                 where = rows[row] == value
                 assert torch.allclose(ours.grad[row][where].sum(), theirs.grad[row][where].sum())
-    block = probs.numpy()
-    assert np.array_equal(_argsort_rows(block), np.argsort(block, axis=-1, kind="stable"))
-    signed = block.copy()
-    signed[2, 3], signed[3, 4] = -0.0, -1e-3  # not probabilities: the plain argsort path
-    assert np.array_equal(np.take_along_axis(signed, _argsort_rows(signed), -1), np.sort(signed, axis=-1))

@@ -114,24 +114,8 @@ def sorted_descending(rows: torch.Tensor) -> torch.Tensor:
     if not rows.requires_grad:  # a constant (the teacher's rows): values only
         ascending = _by_rows(lambda block: np.sort(block, axis=-1), rows.numpy(), threads)
         return torch.from_numpy(np.ascontiguousarray(ascending[:, ::-1]))
-    order = _by_rows(_argsort_rows, rows.detach().numpy(), threads)[:, ::-1]
+    order = _by_rows(lambda block: np.argsort(block, axis=-1), rows.detach().numpy(), threads)[:, ::-1]
     return rows.gather(-1, torch.from_numpy(np.ascontiguousarray(order)))
-
-
-def _argsort_rows(block: np.ndarray) -> np.ndarray:
-    """Ascending order of each row of `block`, as int64 column indices.
-
-    float32 rows of non-negative values (probabilities) take a faster path than `np.argsort`: a value's bits read
-    as uint32 order like the value itself, so `(bits << 32) | column` is one uint64 key per entry, and a plain
-    vectorised sort of the keys yields the order in its low 32 bits (ties by column, as a stable argsort).
-    """
-    if block.dtype != np.float32 or block.shape[-1] >= 2**32 or np.signbit(block).any():  # -0.0 too
-        return np.argsort(block, axis=-1)
-    keys = block.view(np.uint32).astype(np.uint64)
-    keys <<= np.uint64(32)
-    keys |= np.arange(block.shape[-1], dtype=np.uint64)
-    keys.sort(axis=-1)
-    return (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
 def bucket_log_probs(logp: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
