@@ -154,23 +154,59 @@ def test_gold_argument_errors():
         losses.gold(student, teacher, mask, _Map([0], [0]))
 
 
-def test_sorted_descending_orders_rows_and_passes_gradients_like_torch_sort():
-    """The CPU path (numpy sort for constant rows, numpy argsort + gather otherwise) against `torch.sort`."""
-    from distill.losses.divergences import sorted_descending
 
+def _sorted_l1_by_autograd(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ULD distance and its gradient the plain way: autograd through `torch.sort`."""
+    student = student.clone().requires_grad_(True)
+    s_sorted = student.sort(dim=-1, descending=True).values
+    t_sorted = teacher.sort(dim=-1, descending=True).values
+    shared = min(s_sorted.shape[-1], t_sorted.shape[-1])
+    value = (s_sorted[:, :shared] - t_sorted[:, :shared]).abs().sum(-1)
+    value = value + s_sorted[:, shared:].sum(-1) + t_sorted[:, shared:].sum(-1)
+    value.sum().backward()
+    return value.detach(), student.grad
+
+
+def _crossing_cases():
     torch.manual_seed(0)
-    probs = torch.softmax(torch.randn(6, 301) * 4, dim=-1)
-    probs[0, :50] = 0.0  # ties, including exact zeros
-    probs[1, 10:20] = probs[1, 5]
-    for rows in (probs, probs.double()):
-        ours = rows.clone().requires_grad_(True)
-        theirs = rows.clone().requires_grad_(True)
-        weights = torch.linspace(1, 2, rows.shape[-1], dtype=rows.dtype)
-        (sorted_descending(ours) * weights).sum().backward()
-        (theirs.sort(dim=-1, descending=True).values * weights).sum().backward()
-        assert torch.equal(sorted_descending(ours.detach()), theirs.detach().sort(dim=-1, descending=True).values)
-        # tied values may swap places, which changes which of them gets which weight: compare per tie class
-        for row in range(rows.shape[0]):
-            for value in rows[row].unique():
-                where = rows[row] == value
-                assert torch.allclose(ours.grad[row][where].sum(), theirs.grad[row][where].sum())
+    cases = {}
+    for name, vs, vt, scale in (("student shorter", 300, 500, 3.0), ("student longer", 500, 300, 3.0),
+                                ("flat", 1000, 1000, 0.5), ("peaked", 64, 64, 8.0)):
+        cases[name] = (torch.softmax(torch.randn(6, vs) * scale, -1), torch.softmax(torch.randn(6, vt) * scale, -1))
+    student, teacher = cases["flat"][0].clone(), cases["flat"][1].clone()
+    student[0, :50], teacher[0, :20] = 0.0, 0.0  # a run of tied zeros across a change of sign
+    student[1, 10:30] = student[1, 5]  # tied values inside the row
+    base = torch.softmax(torch.randn(1, 400), -1)
+    student[2, :400], teacher[2, :400] = base, base * (1 + 1e-3 * torch.tensor([1.0, -1.0]).repeat(200))
+    student[2, 400:], teacher[2, 400:] = 0.0, 0.0  # hundreds of crossings: the argsort-free path gives up
+    cases["ties and many crossings"] = (student / student.sum(-1, keepdim=True), teacher)
+    return cases
+
+
+@pytest.mark.parametrize("case", list(_crossing_cases()))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sorted_l1_gradient_without_argsort_matches_autograd_through_sort(case, dtype):
+    """The CPU ULD distance (value sorts + the sign pattern's few pieces) against autograd through torch.sort:
+    identical values; the same gradient wherever ranks are unambiguous, the same sum over each tie class."""
+    student, teacher = (x.to(dtype) for x in _crossing_cases()[case])
+    ours = student.clone().requires_grad_(True)
+    value = losses.divergences.sorted_l1_rows(ours, teacher)
+    value.sum().backward()
+    want_value, want_grad = _sorted_l1_by_autograd(student, teacher)
+    assert torch.equal(value.detach(), want_value)
+    for row in range(student.shape[0]):
+        classes = torch.unique(student[row], return_inverse=True)[1]
+        got = torch.zeros(int(classes.max()) + 1, dtype=dtype).index_add_(0, classes, ours.grad[row])
+        want = torch.zeros_like(got).index_add_(0, classes, want_grad[row])
+        torch.testing.assert_close(got, want)  # a tie class's mean times its size: round-off only
+        untied = torch.bincount(classes)[classes] == 1
+        assert torch.equal(ours.grad[row][untied], want_grad[row][untied])
+
+
+def test_sorted_l1_splits_a_tied_run_evenly_across_a_change_of_sign():
+    """Three tied student zeros at ranks 1-3 meet teacher values (+, 0, 0): c = (−1, 0, 0) there, so each zero's
+    gradient is the mean −1/3 (autograd through a sort would give −1 to one of them and 0 to the others)."""
+    student = torch.tensor([[1.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    teacher = torch.tensor([[0.7, 0.3, 0.0, 0.0]])
+    losses.divergences.sorted_l1_rows(student, teacher).sum().backward()
+    torch.testing.assert_close(student.grad, torch.tensor([[1.0, -1 / 3, -1 / 3, -1 / 3]]))

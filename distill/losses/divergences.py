@@ -10,10 +10,10 @@ arithmetic, so `0 * log 0` never becomes NaN.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
+
+from distill.losses.sorting import sorted_descending, sorted_l1_rows  # noqa: F401  (the ULD distance, re-exported)
 
 
 def _finite(logp: torch.Tensor) -> torch.Tensor:
@@ -72,50 +72,6 @@ def skew_reverse_kl_rows(student_logp: torch.Tensor, teacher_logp: torch.Tensor,
 def tvd_rows(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
     """Total variation distance: ½·Σ_v |p_T(v) − p_S(v)|, in [0, 1] for normalised rows."""
     return 0.5 * (teacher_logp.exp() - student_logp.exp()).abs().sum(-1)
-
-
-def sorted_l1_rows(student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
-    """ULD distance: Σ_r |p_S↓(r) − p_T↓(r)|, rows sorted in decreasing order, the shorter one zero-padded.
-
-    Equals |V|·W₁ between the empirical distributions of the probability *values* (the closed-form
-    Wasserstein-1 of ULD), so it is invariant to any permutation of either vocabulary and works for any two
-    vocabulary sizes. Takes probabilities `[n, Vs]`, `[n, Vt]`; the padding is never materialised.
-    """
-    s_sorted = sorted_descending(student_probs)
-    t_sorted = sorted_descending(teacher_probs)
-    shared = min(s_sorted.shape[-1], t_sorted.shape[-1])
-    head = (s_sorted[:, :shared] - t_sorted[:, :shared]).abs().sum(-1)
-    return head + s_sorted[:, shared:].sum(-1) + t_sorted[:, shared:].sum(-1)
-
-
-_SORT_POOL: ThreadPoolExecutor | None = None
-
-
-def _by_rows(function, rows: np.ndarray, threads: int) -> np.ndarray:
-    """`function` (a numpy row sort) over row blocks in `threads` threads (numpy frees the GIL while sorting)."""
-    global _SORT_POOL
-    if threads <= 1 or rows.shape[0] < 2 * threads:
-        return function(rows)
-    if _SORT_POOL is None or _SORT_POOL._max_workers != threads:
-        _SORT_POOL = ThreadPoolExecutor(threads)
-    return np.concatenate(list(_SORT_POOL.map(function, np.array_split(rows, threads))))
-
-
-def sorted_descending(rows: torch.Tensor) -> torch.Tensor:
-    """Each row of `[n, V]` sorted in decreasing order, differentiable.
-
-    On the CPU the order comes from numpy's vectorised sort (x86-simd-sort: about 3-4x faster per core than
-    `torch.sort` here) and the values are gathered with torch, so the gradient flows as through `torch.sort`.
-    Elsewhere (CUDA) `torch.sort` is used: its radix sort is already fast.
-    """
-    if rows.device.type != "cpu" or rows.dtype not in (torch.float32, torch.float64) or rows.numel() == 0:
-        return rows.sort(dim=-1, descending=True).values
-    threads = torch.get_num_threads()
-    if not rows.requires_grad:  # a constant (the teacher's rows): values only
-        ascending = _by_rows(lambda block: np.sort(block, axis=-1), rows.numpy(), threads)
-        return torch.from_numpy(np.ascontiguousarray(ascending[:, ::-1]))
-    order = _by_rows(lambda block: np.argsort(block, axis=-1), rows.detach().numpy(), threads)[:, ::-1]
-    return rows.gather(-1, torch.from_numpy(np.ascontiguousarray(order)))
 
 
 def bucket_log_probs(logp: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
