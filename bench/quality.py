@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--test-limit", type=int, default=400)
-    parser.add_argument("--schedule", default="constant", choices=["constant", "linear"],
+    parser.add_argument("--schedule", default="linear", choices=["constant", "linear"],
                         help="lambda schedule of the on-policy student (linear: 0 -> lmbda over half the steps)")
     parser.add_argument("--gold-weights", type=float, nargs=2, metavar=("MATCHED", "UNMATCHED"),
                         help="fixed GOLD weights for both gold students (default: adaptive)")
