@@ -24,29 +24,28 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-#: Rows whose sign pattern `c` changes more often than this fall back to an argsort.
+#: Rows whose sign pattern `c` changes more often than this take the exact per-row path (a full rank search).
 MAX_CROSSINGS = 64
 
 _SORT_POOL: ThreadPoolExecutor | None = None
 
 
-def _pool(threads: int) -> ThreadPoolExecutor:
+def _in_row_blocks(work, n_rows: int) -> None:
+    """Run `work(rows: slice)` over row blocks in torch's thread count (numpy frees the GIL while sorting)."""
+    threads = torch.get_num_threads()
+    if threads <= 1 or n_rows < 2 * threads:
+        work(slice(None))
+        return
     global _SORT_POOL
     if _SORT_POOL is None or _SORT_POOL._max_workers != threads:
         _SORT_POOL = ThreadPoolExecutor(threads)
-    return _SORT_POOL
-
-
-def _by_rows(function, rows: np.ndarray, threads: int) -> np.ndarray:
-    """`function` (a numpy row sort) over row blocks in `threads` threads (numpy frees the GIL while sorting)."""
-    if threads <= 1 or rows.shape[0] < 2 * threads:
-        return function(rows)
-    return np.concatenate(list(_pool(threads).map(function, np.array_split(rows, threads))))
+    bounds = np.linspace(0, n_rows, threads + 1).astype(int)
+    list(_SORT_POOL.map(work, [slice(a, b) for a, b in itertools.pairwise(bounds)]))
 
 
 def _sort_descending_values(rows: np.ndarray) -> np.ndarray:
     """Each row sorted in decreasing order, as a new array: negated, sorted in place, negated back (in place),
-    which avoids the slow strided copy a reversed view would need. Row blocks in parallel threads."""
+    which avoids the slow strided copy a reversed view would need."""
     out = np.empty_like(rows)
 
     def block(part: slice) -> None:
@@ -54,13 +53,19 @@ def _sort_descending_values(rows: np.ndarray) -> np.ndarray:
         out[part].sort(axis=-1)
         np.negative(out[part], out=out[part])
 
-    threads = torch.get_num_threads()
-    if threads <= 1 or rows.shape[0] < 2 * threads:
-        block(slice(None))
-    else:
-        bounds = np.linspace(0, rows.shape[0], threads + 1).astype(int)
-        list(_pool(threads).map(block, [slice(a, b) for a, b in itertools.pairwise(bounds)]))
+    _in_row_blocks(block, rows.shape[0])
     return out
+
+
+def _argsort_descending(rows: np.ndarray) -> np.ndarray:
+    """The column order that sorts each row in decreasing order (an argsort of the negated values)."""
+    order = np.empty(rows.shape, dtype=np.int64)
+
+    def block(part: slice) -> None:
+        order[part] = np.argsort(np.negative(rows[part]), axis=-1)
+
+    _in_row_blocks(block, rows.shape[0])
+    return order
 
 
 def _uses_numpy(rows: torch.Tensor) -> bool:
@@ -78,8 +83,7 @@ def sorted_descending(rows: torch.Tensor) -> torch.Tensor:
         return rows.sort(dim=-1, descending=True).values
     if not rows.requires_grad:  # a constant (the teacher's rows): values only
         return torch.from_numpy(_sort_descending_values(rows.numpy()))
-    order = _by_rows(lambda block: np.argsort(block, axis=-1), rows.detach().numpy(), torch.get_num_threads())
-    return rows.gather(-1, torch.from_numpy(np.ascontiguousarray(order[:, ::-1])))
+    return rows.gather(-1, torch.from_numpy(_argsort_descending(rows.detach().numpy())))
 
 
 def _distance(s_sorted: torch.Tensor, t_sorted: torch.Tensor) -> torch.Tensor:
