@@ -210,3 +210,13 @@ def test_sorted_l1_splits_a_tied_run_evenly_across_a_change_of_sign():
     teacher = torch.tensor([[0.7, 0.3, 0.0, 0.0]])
     losses.divergences.sorted_l1_rows(student, teacher).sum().backward()
     torch.testing.assert_close(student.grad, torch.tensor([[1.0, -1 / 3, -1 / 3, -1 / 3]]))
+
+
+def test_sorted_l1_backward_can_run_twice():
+    """The saved rank signs are not scaled in place: a second backward (retain_graph) gives the same gradient."""
+    torch.manual_seed(0)
+    student = torch.softmax(torch.randn(3, 50), -1).requires_grad_(True)
+    value = losses.divergences.sorted_l1_rows(student, torch.softmax(torch.randn(3, 70), -1)).sum()
+    (first,) = torch.autograd.grad(value * 2, student, retain_graph=True)
+    (second,) = torch.autograd.grad(value * 2, student)
+    assert torch.equal(first, second)

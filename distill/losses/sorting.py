@@ -114,7 +114,7 @@ class _SortedL1(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         (signs,) = ctx.saved_tensors
-        return signs.mul_(grad_output.unsqueeze(-1).to(signs.dtype)), None
+        return signs * grad_output.unsqueeze(-1).to(signs.dtype), None  # out of place: backward may run twice
 
 
 def _rank_signs(s: torch.Tensor, s_sorted: torch.Tensor, t_sorted: torch.Tensor) -> torch.Tensor:
