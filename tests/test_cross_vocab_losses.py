@@ -185,15 +185,19 @@ def _crossing_cases():
 
 @pytest.mark.parametrize("case", list(_crossing_cases()))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sorted_l1_gradient_without_argsort_matches_autograd_through_sort(case, dtype):
-    """The CPU ULD distance (value sorts + the sign pattern's few pieces) against autograd through torch.sort:
-    identical values; the same gradient wherever ranks are unambiguous, the same sum over each tie class."""
+def test_sorted_l1_from_value_bins_matches_autograd_through_sort(case, dtype):
+    """The CPU ULD distance (value bins, only the mixed bins sorted) against autograd through torch.sort: the
+    value is the exact one (float64 sorted sum) rounded to the dtype, closer than a float32 sorted sum gets;
+    the same gradient wherever ranks are unambiguous, the same sum over each tie class."""
     student, teacher = (x.to(dtype) for x in _crossing_cases()[case])
     ours = student.clone().requires_grad_(True)
     value = losses.divergences.sorted_l1_rows(ours, teacher)
     value.sum().backward()
     want_value, want_grad = _sorted_l1_by_autograd(student, teacher)
-    assert torch.equal(value.detach(), want_value)
+    exact, _ = _sorted_l1_by_autograd(student.double(), teacher.double())
+    rtol = 2 * torch.finfo(torch.float32).eps if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(value.detach().double(), exact, rtol=rtol, atol=0)
+    assert ((value.detach().double() - exact).abs() <= (want_value.double() - exact).abs() + rtol * exact).all()
     for row in range(student.shape[0]):
         classes = torch.unique(student[row], return_inverse=True)[1]
         got = torch.zeros(int(classes.max()) + 1, dtype=dtype).index_add_(0, classes, ours.grad[row])
@@ -220,3 +224,39 @@ def test_sorted_l1_backward_can_run_twice():
     (first,) = torch.autograd.grad(value * 2, student, retain_graph=True)
     (second,) = torch.autograd.grad(value * 2, student)
     assert torch.equal(first, second)
+
+
+def test_sorted_l1_row_blocks_and_no_grad_give_the_same_values(monkeypatch):
+    """Rows are binned in blocks bounded by `TABLE_CELLS`; a block of one row, and a call without gradient,
+    give the same values (zeros and tiny values widen the bin range: many bins per row)."""
+    torch.manual_seed(0)
+    student = torch.softmax(torch.randn(5, 300) * 6, -1)
+    teacher = torch.softmax(torch.randn(5, 420) * 6, -1)
+    student[:, :40] = 0.0
+    ours = student.clone().requires_grad_(True)
+    whole = losses.divergences.sorted_l1_rows(ours, teacher)
+    whole.sum().backward()
+    monkeypatch.setattr(losses.sorting, "TABLE_CELLS", 1)
+    one_row = student.clone().requires_grad_(True)
+    blocked = losses.divergences.sorted_l1_rows(one_row, teacher)
+    blocked.sum().backward()
+    assert torch.equal(blocked, whole) and torch.equal(one_row.grad, ours.grad)
+    with torch.no_grad():
+        assert torch.equal(losses.divergences.sorted_l1_rows(student, teacher), whole.detach())
+    exact, want_grad = _sorted_l1_by_autograd(student.double(), teacher.double())
+    torch.testing.assert_close(whole.double(), exact)
+    untied = student != 0
+    assert torch.equal(ours.grad[untied].double(), want_grad[untied])
+
+
+def test_sorted_l1_non_finite_entries_spoil_only_their_row_and_negative_ones_are_refused():
+    torch.manual_seed(0)
+    student = torch.softmax(torch.randn(3, 100), -1)
+    teacher = torch.softmax(torch.randn(3, 120), -1)
+    clean = losses.divergences.sorted_l1_rows(student, teacher)
+    spoiled_s, spoiled_t = student.clone(), teacher.clone()
+    spoiled_s[1, 5], spoiled_t[2, 7] = torch.nan, torch.inf
+    value = losses.divergences.sorted_l1_rows(spoiled_s, spoiled_t)
+    assert value[0] == clean[0] and value[1:].isnan().all()
+    with pytest.raises(ValueError, match="teacher rows hold negative values"):
+        losses.divergences.sorted_l1_rows(student, -teacher)

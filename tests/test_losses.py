@@ -152,6 +152,22 @@ def test_chunk_size_does_not_change_results(name):
         assert torch.allclose(grad, results[0][1], atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["forward_kl", "uld"])
+def test_sliced_logits_give_the_same_loss_and_gradient_as_contiguous_ones(name):
+    """`logits[:, :-1]` (not flattenable as a view) is read row by row, never copied whole."""
+    fn, kw = TOKEN_LOSSES[name]
+    student, teacher, mask = _inputs(seed=11, batch=3, length=8)
+    results = []
+    for contiguous in (False, True):
+        s, t = student[:, :-1], teacher[:, 1:]
+        if contiguous:
+            s, t = s.contiguous(), t.contiguous()
+        loss = fn(s, t, mask[:, :-1], **kw)
+        results.append((loss, *torch.autograd.grad(loss, student)))
+    assert not student[:, :-1].is_contiguous()
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
 def test_reductions_sum_none_and_num_items():
     student, teacher, mask = _inputs(seed=11)
     per = losses.forward_kl(student, teacher, mask, reduction="none")

@@ -46,13 +46,15 @@ class Chunk:
 class _ChunkedRowLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_logits: torch.Tensor, num_units: int, chunks: Callable[[], Iterator[Chunk]]):
-        flat = student_logits.detach().reshape(-1, student_logits.shape[-1])
+        logits = student_logits.detach()
+        device, n_rows = logits.device, logits.shape[:-1].numel()
         needs_grad = ctx.needs_input_grad[0]
-        out = torch.zeros(num_units, dtype=_compute_dtype(student_logits), device=student_logits.device)
-        grad = torch.empty_like(flat) if needs_grad else None  # rows no chunk writes are zeroed below
-        row_unit = torch.full((flat.shape[0],), -1, dtype=torch.long, device=flat.device) if needs_grad else None
+        out = torch.zeros(num_units, dtype=_compute_dtype(student_logits), device=device)
+        # rows no chunk writes are zeroed below
+        grad = logits.new_empty(n_rows, logits.shape[-1]) if needs_grad else None
+        row_unit = torch.full((n_rows,), -1, dtype=torch.long, device=device) if needs_grad else None
         for chunk in chunks():
-            rows = flat.index_select(0, chunk.positions)
+            rows = rows_at(logits, chunk.positions)
             if needs_grad:
                 rows.requires_grad_(True)
                 with torch.enable_grad():
@@ -81,6 +83,14 @@ class _ChunkedRowLoss(torch.autograd.Function):
         scale = torch.cat([grad_output.to(grad.dtype), grad_output.new_zeros(1, dtype=grad.dtype)])
         grad.mul_(scale[row_unit].unsqueeze(-1))  # row_unit == -1 picks the appended zero
         return grad.view(ctx.logits_shape), None, None
+
+
+def rows_at(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rows `positions` (flat indices over the leading dims) of `x [B, T, ...]`, as `[n, ...]`, gathered without
+    copying all of `x` first when it is not contiguous (e.g. `logits[:, :-1]`)."""
+    if x.dim() >= 3 and x.stride(0) != x.shape[1] * x.stride(1):  # [B, T] would not flatten as a view
+        return x[positions // x.shape[1], positions % x.shape[1]]
+    return x.reshape(-1, *x.shape[2:]).index_select(0, positions)
 
 
 def chunked_row_loss(student_logits: torch.Tensor, num_units: int, chunks: Callable[[], Iterator[Chunk]]):

@@ -17,7 +17,7 @@ import torch
 
 from distill.align.merge import MergeStrategy, check_strategy, merge_span_log_probs
 from distill.align.spans import AlignedGroups
-from distill.losses.engine import Chunk, chunk_slices, chunked_row_loss, log_probs
+from distill.losses.engine import Chunk, chunk_slices, chunked_row_loss, log_probs, rows_at
 
 # (student rows' log-probs [u, Vs], teacher rows [u, ...], unit ids [u]) -> losses [u]
 PairFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -44,13 +44,13 @@ def token_units(
     through `teacher_transform` (e.g. a tempered log-softmax) one chunk at a time."""
     batch, length = mask.shape
     positions = mask.reshape(-1).nonzero().squeeze(-1)
-    teacher_flat = teacher_rows.detach().reshape(batch * length, *teacher_rows.shape[2:])
+    teacher_rows = teacher_rows.detach()
 
     def chunks():
         for part in chunk_slices(positions.numel(), chunk_size):
             rows = positions[part]
             units = torch.arange(part.start, part.stop, device=rows.device)
-            teacher = teacher_transform(teacher_flat.index_select(0, rows))
+            teacher = teacher_transform(rows_at(teacher_rows, rows))
             yield Chunk(rows, units, units, lambda s, t=teacher, u=units: pair_fn(log_probs(s, temperature), t, u))
 
     values = chunked_row_loss(student_logits, positions.numel(), chunks)
@@ -98,7 +98,6 @@ def group_units(
     t_start = torch.cat([t_unit.new_zeros(1), torch.cumsum(t_count[scored], 0)])
     s_ids = alignment.student_ids.reshape(-1)
     t_ids = alignment.teacher_ids.reshape(-1)
-    t_flat = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
 
     def chunks():
         for part in chunk_slices(num_units, chunk_size):
@@ -108,7 +107,7 @@ def group_units(
             s_local = s_unit[s_rows] - part.start
             t_local = t_unit[t_rows] - part.start
             teacher = merge_span_log_probs(
-                log_probs(t_flat.index_select(0, t_pos[t_rows]), teacher_temperature),
+                log_probs(rows_at(teacher_logits.detach(), t_pos[t_rows]), teacher_temperature),
                 t_ids[t_pos[t_rows]], t_local, merge,
             )
             s_realised = s_ids[s_pos[s_rows]]
