@@ -260,3 +260,20 @@ def test_sorted_l1_non_finite_entries_spoil_only_their_row_and_negative_ones_are
     assert value[0] == clean[0] and value[1:].isnan().all()
     with pytest.raises(ValueError, match="teacher rows hold negative values"):
         losses.divergences.sorted_l1_rows(student, -teacher)
+
+
+@pytest.mark.parametrize("case", list(_crossing_cases()))
+def test_sorted_l1_binned_and_sorted_routes_agree(case, monkeypatch):
+    """Blocks whose mixed bins hold most entries are sorted instead: both routes give the same values (to
+    float32 round-off) and the same gradients, tie means included."""
+    student, teacher = _crossing_cases()[case]
+    results = []
+    for share in (1.0, 0.0):  # never sort, always sort
+        monkeypatch.setattr(losses.sorting, "MAX_MIXED_SHARE", share)
+        ours = student.clone().requires_grad_(True)
+        value = losses.divergences.sorted_l1_rows(ours, teacher)
+        value.sum().backward()
+        results.append((value.detach(), ours.grad))
+    (binned, binned_grad), (sorted_, sorted_grad) = results
+    torch.testing.assert_close(binned, sorted_, rtol=4 * torch.finfo(torch.float32).eps, atol=0)
+    assert torch.equal(binned_grad, sorted_grad)

@@ -18,7 +18,8 @@ bin, the counts `c_S, c_T`, the counts above the bin `A_S, A_T`, and the offsets
 is *clean*: its integral is `|(A_S − A_T)(hi_k − lo_k) + Σ_S (p − lo_k) − Σ_T (p − lo_k)|`. Only the entries of
 *mixed* bins (near the few levels where the sorted curves cross: about 1-2% of entries on random logits) are
 sorted, and their bins integrated piece by piece. Below the lowest bin only the padding differs:
-`|Vs − Vt|·lo_min`.
+`|Vs − Vt|·lo_min`. Two nearly equal, nearly flat distributions cross everywhere; a block of rows whose mixed
+bins hold more than `MAX_MIXED_SHARE` of the entries is sorted whole instead (same value and gradient).
 
 **Gradient.** The (sub)gradient w.r.t. a student probability is the sign of the sorted difference at its rank,
 `c(r) = sign(p_S↓(r) − p_T↓(r))`, with `c(r) = 1` past the teacher's length (the student's padded tail is summed);
@@ -32,11 +33,13 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import torch
 
 #: Bin-table cells (rows × bins) per block of rows: bounds the tables' memory (float64, ~10 tables).
 TABLE_CELLS = 1 << 20
+#: A block whose mixed bins hold more than this share of its entries is done with a row sort instead (nearly
+#: equal distributions cross everywhere; sorting most entries by (row, value) costs more than `torch.sort`).
+MAX_MIXED_SHARE = 0.25
 
 
 def sorted_descending(rows: torch.Tensor) -> torch.Tensor:
@@ -52,6 +55,11 @@ def sorted_l1_rows(student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> 
     """
     if _binnable(student_probs, teacher_probs):
         return _BinnedSortedL1.apply(student_probs, teacher_probs)
+    return _by_sorting(student_probs, teacher_probs)
+
+
+def _by_sorting(student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """The definition, through `torch.sort` (differentiable, any device)."""
     s_sorted, t_sorted = sorted_descending(student_probs), sorted_descending(teacher_probs)
     shared = min(s_sorted.shape[-1], t_sorted.shape[-1])
     head = (s_sorted[:, :shared] - t_sorted[:, :shared]).abs().sum(-1)
@@ -149,6 +157,8 @@ def _binned_rows(
     value = torch.where(positive | negative, integral.abs(), 0.0).sum(-1)
     value += abs(s.shape[1] - t.shape[1]) * float(lo[0])  # [0, lowest edge): only the padding differs
     mixed = ~(positive | negative)
+    if float((s_count + t_count)[mixed].sum()) > MAX_MIXED_SHARE * (s.numel() + t.numel()):
+        return _sorted_block(s, t, signs_out)
     if signs_out is not None:
         torch.gather((positive.to(s.dtype) - negative.to(s.dtype)), 1, s_index, out=signs_out)  # 0: mixed bin
         s_at = (signs_out == 0).view(-1).nonzero().squeeze(1)
@@ -166,6 +176,33 @@ def _binned_rows(
     return value
 
 
+def _sorted_block(s: torch.Tensor, t: torch.Tensor, signs_out: torch.Tensor | None) -> torch.Tensor:
+    """`_binned_rows` done by sorting whole rows: the value (float64) and, into `signs_out`, `c` at each entry's
+    rank, averaged over each run of tied values as in the binned route."""
+    s_sorted, s_order = s.sort(dim=-1, descending=True)
+    t_sorted = sorted_descending(t)
+    shared = min(s.shape[-1], t.shape[-1])
+    difference = s_sorted[:, :shared] - t_sorted[:, :shared]
+    value = sum(x.sum(-1, dtype=torch.float64) for x in (difference.abs(), s_sorted[:, shared:], t_sorted[:, shared:]))
+    if signs_out is not None:
+        c = torch.ones_like(s_sorted)
+        torch.sign(difference, out=c[:, :shared])
+        run_start = torch.ones_like(s_sorted, dtype=torch.bool)
+        run_start[:, 1:] = s_sorted[:, 1:] != s_sorted[:, :-1]
+        run = run_start.view(-1).cumsum(0) - 1
+        mean = torch.zeros(int(run[-1]) + 1, dtype=c.dtype).index_add_(0, run, c.view(-1)) / torch.bincount(run)
+        signs_out.scatter_(1, s_order, mean[run].view_as(c))
+    return value
+
+
+def _order_codes(values: torch.Tensor) -> torch.Tensor:
+    """Integers `< 2³¹` in the order of the non-negative `values`, equal where they are equal: the float32 bits
+    themselves, or (float64) each value's rank among the distinct values."""
+    if values.dtype == torch.float32:
+        return values.view(torch.int32).long()
+    return torch.unique(values, return_inverse=True)[1]
+
+
 def _mixed_bins(s, t, s_at, t_at, s_index, t_index, tables, want_signs: bool):
     """Exact integral over the mixed bins of each row `[n]`, and the gradient of the student entries `s_at`.
 
@@ -177,43 +214,40 @@ def _mixed_bins(s, t, s_at, t_at, s_index, t_index, tables, want_signs: bool):
     width = lo.numel()
     values = torch.cat([s.view(-1)[s_at], t.view(-1)[t_at]])
     rows = torch.cat([s_at // s.shape[1], t_at // t.shape[1]])
-    order = torch.from_numpy(np.lexsort((values.numpy(), rows.numpy())))
-    is_s = order < s_at.numel()
-    values, rows = values[order].double(), rows[order]
-    bins = torch.cat([s_index.view(-1)[s_at], t_index.view(-1)[t_at]])[order]
-    seg = rows * width + bins
+    order = torch.sort((rows << 31) | _order_codes(values)).indices  # by (row, value): one int64 sort
+    seg = (rows * width + torch.cat([s_index.view(-1)[s_at], t_index.view(-1)[t_at]]))[order]  # (row, bin)
+    values, rows, is_s = values[order].double(), rows[order], order < s_at.numel()
+    bins = seg % width
     seg_start = torch.ones_like(is_s)
     seg_start[1:] = seg[1:] != seg[:-1]
     seg_last = torch.roll(seg_start, -1)
     seg_last[-1] = True
-    s_cum, t_cum = is_s.double().cumsum(0), (~is_s).double().cumsum(0)
+    s_cum, t_cum = is_s.cumsum(0), (~is_s).cumsum(0)  # int64 running counts
     seg_end = seg_last.nonzero().squeeze(1)[seg_start.cumsum(0) - 1]  # each entry's segment's last position
-
-    def after(cum: torch.Tensor, at: torch.Tensor) -> torch.Tensor:  # that side's entries after `at`, same bin
-        return cum[seg_end] - cum[at]
-
-    everywhere = torch.arange(values.numel())
-    d_top = s_above[rows, bins] - t_above[rows, bins]
-    d_below = d_top + after(s_cum, everywhere) - after(t_cum, everywhere)  # on the gap above each entry
+    s_after, t_after = s_cum[seg_end] - s_cum, t_cum[seg_end] - t_cum  # that side's entries after each, same bin
+    d_top = (s_above - t_above).view(-1)[seg]
+    d_below = d_top + (s_after - t_after)  # D on the gap above each entry
     gap_top = torch.where(seg_last, hi[bins], torch.roll(values, -1))
     per_entry = d_below.abs() * (gap_top - values)
-    d_bottom = d_below + is_s.double() - (~is_s).double()  # at a bin's first entry: all of its entries
+    d_bottom = d_below + torch.where(is_s, 1.0, -1.0)  # at a bin's first entry: all of its entries
     per_entry += torch.where(seg_start, d_bottom.abs() * (values - lo[bins]), 0.0)
     integral = torch.zeros(s.shape[0], dtype=torch.float64).index_add_(0, rows, per_entry)
     if not want_signs:
         return integral, None
+    # the student entries' gradient, from their tie classes (equal values in a bin, either side)
+    mine = is_s.nonzero().squeeze(1)
     tie_start = seg_start.clone()
     tie_start[1:] |= values[1:] != values[:-1]
     tie_last = torch.roll(tie_start, -1)
     tie_last[-1] = True
     tie_id = tie_start.cumsum(0) - 1
-    first, last = tie_start.nonzero().squeeze(1)[tie_id], tie_last.nonzero().squeeze(1)[tie_id]
-    a = s_above[rows, bins] + after(s_cum, last)  # student entries above the value
-    e = a + s_cum[last] - s_cum[first] + is_s[first]  # ... at or above it: the tie class holds ranks (a, e]
-    t_gt = t_above[rows, bins] + after(t_cum, last)
-    t_ge = t_gt + t_cum[last] - t_cum[first] + (~is_s[first])
-    plus = (e - torch.maximum(a, t_ge)).clamp(min=0)  # ranks where p_T↓(r) < v
-    minus = (torch.minimum(e, t_gt) - a).clamp(min=0)  # ranks where p_T↓(r) > v
+    first, last = tie_start.nonzero().squeeze(1)[tie_id[mine]], tie_last.nonzero().squeeze(1)[tie_id[mine]]
+    a = s_above.view(-1)[seg[mine]] + s_after[last]  # student entries above the value
+    e = a + (s_cum[last] - s_cum[first] + is_s[first])  # ... at or above it: the tie class holds ranks (a, e]
+    t_gt = t_above.view(-1)[seg[mine]] + t_after[last]  # teacher entries above it
+    t_ge = t_gt + (t_cum[last] - t_cum[first] + (~is_s[first]))
+    plus = (e - torch.maximum(a, t_ge)).clamp(min=0)  # its ranks r where p_T↓(r) < v
+    minus = (torch.minimum(e, t_gt) - a).clamp(min=0)  # ... where p_T↓(r) > v
     signs = torch.empty(s_at.numel(), dtype=s.dtype)
-    signs[order[is_s]] = ((plus - minus) / (e - a))[is_s].to(s.dtype)
+    signs[order[mine]] = ((plus - minus) / (e - a)).to(s.dtype)
     return integral, signs
