@@ -16,7 +16,8 @@ optimiser), the first `--warmup` steps are excluded. Tokens/s = completion targe
 (`labels != -100`, EOS included, counted identically for both) per second of the timed steps.
 
 The *floor* of our step replays the shapes of each timed step of our run on fresh models: student forward +
-backward (a log-sum-exp over the full logits, so every logit gets a gradient), teacher forward, and on the
+backward (a log-sum-exp over the logits, so every logit gets a gradient), teacher forward, both with logits on
+the scored positions only (from the batch's first completion position on, as our trainer computes them), and on the
 on-policy steps a sampled `generate` of exactly as many new tokens as our rollout produced (`min_new_tokens` =
 `max_new_tokens`). It leaves out what any trainer must add on top: the loss itself, alignment, tokenisation and
 the optimiser step (whose cost is printed separately). It is measured right after each of our runs.
@@ -100,6 +101,9 @@ class OurBench(DistillTrainer):
             self.clock.info["student_shape"] = tuple(batch.student.input_ids.shape)
             teacher_ids = (batch.teacher or batch.student).input_ids
             self.clock.info["teacher_shape"] = tuple(teacher_ids.shape)
+            # the positions whose logits our trainer computes (from the first completion position on)
+            self.clock.info["student_keep"] = batch.student.scored_tail()
+            self.clock.info["teacher_keep"] = (batch.teacher or batch.student).scored_tail()
         return self.clock.wrap("compute_loss", super().compute_loss)(model, inputs, return_outputs, num_items_in_batch)
 
 
@@ -273,12 +277,14 @@ def floor_times(s: Setup, steps: list[dict]) -> tuple[list[dict], dict]:
                                  eos_token_id=student_tok.eos_token_id, pad_token_id=student_tok.pad_token_id)
             student.train()
         s_ids, t_ids = ids(step["student_shape"], vs), ids(step["teacher_shape"], vt)
-        with autocast:
-            logits = student(input_ids=s_ids, attention_mask=torch.ones_like(s_ids), use_cache=False).logits
+        with autocast:  # logits where our trainer needs them: the scored tail of the batch
+            logits = student(input_ids=s_ids, attention_mask=torch.ones_like(s_ids), use_cache=False,
+                             logits_to_keep=step["student_keep"]).logits
             loss = logits.float().logsumexp(-1).mean()
         loss.backward()
         with torch.no_grad(), autocast:
-            teacher(input_ids=t_ids, attention_mask=torch.ones_like(t_ids), use_cache=False)
+            teacher(input_ids=t_ids, attention_mask=torch.ones_like(t_ids), use_cache=False,
+                    logits_to_keep=step["teacher_keep"])
         student.zero_grad(set_to_none=True)
 
     timed_one = clock.wrap("step", one)

@@ -101,6 +101,32 @@ def test_cross_tokenizer_batch_keeps_each_side_in_its_own_tokens(tokenizer_pair)
         assert s_last == [student_tok.eos_token_id] and t_last == [teacher_tok.eos_token_id]
 
 
+@pytest.mark.parametrize(("method", "cross"), [("jsd", False), ("gold", True)])
+def test_logits_only_on_scored_positions_give_the_full_loss_and_gradient(tmp_path, tokenizer_pair, method, cross):
+    """compute_loss asks both models for the logits of the last positions only (from the first completion
+    position on); the loss and the student's gradient equal those from full logits."""
+    from distill.trainer.objective import compute_objective
+
+    student_tok, teacher_tok = tokenizer_pair
+    teacher_tok = teacher_tok if cross else student_tok
+    trainer = _trainer(tmp_path, student_tok, teacher_tok, method=method)
+    student = trainer.model
+    batch = trainer.builder.build(cumsum_rows(4, seed=3))
+    keep = batch.student.scored_tail()
+    assert keep < batch.student.input_ids.shape[1]  # prompts are cut: the check below compares something
+    windowed = trainer.compute_loss(student, {"batch": batch})
+    (windowed_grad,) = torch.autograd.grad(windowed, student.lm_head.weight)
+    side = batch.teacher or batch.student
+    with torch.no_grad():
+        teacher_logits = trainer.teacher(input_ids=side.input_ids, attention_mask=side.attention_mask).logits
+    logits = student(input_ids=batch.student.input_ids, attention_mask=batch.student.attention_mask).logits
+    full = compute_objective(trainer.args, logits, batch, teacher_logits=teacher_logits,
+                             vocab_map=trainer.vocab_map).loss
+    (full_grad,) = torch.autograd.grad(full, student.lm_head.weight)
+    torch.testing.assert_close(windowed, full)
+    torch.testing.assert_close(windowed_grad, full_grad)
+
+
 def test_teacher_renders_chat_prompts_with_its_own_template(tokenizer_pair):
     student_tok, teacher_tok = tokenizer_pair
     teacher_tok = teacher_tok.__class__(tokenizer_object=teacher_tok.backend_tokenizer,

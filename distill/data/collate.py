@@ -23,6 +23,19 @@ class SideBatch:
         return SideBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
                          self.prompt_lengths)
 
+    def last(self, n: int) -> SideBatch:
+        """The last `n` positions (`[B, n]`; `targets`/`target_mask` as at those positions of the whole batch):
+        the view matching logits computed for the last `n` positions only."""
+        cut = self.input_ids.shape[1] - n
+        return SideBatch(self.input_ids[:, cut:], self.attention_mask[:, cut:], self.labels[:, cut:],
+                         [p - cut for p in self.prompt_lengths])
+
+    def scored_tail(self) -> int:
+        """How many trailing positions hold every scored position (at least 1): from the first column any row
+        scores to the end."""
+        columns = self.target_mask.any(0).nonzero()
+        return self.input_ids.shape[1] - int(columns[0]) if columns.numel() else 1
+
     @property
     def target_mask(self) -> torch.Tensor:
         """`[B, L]`: positions t whose logits are scored, i.e. whose next token t+1 is a completion token. The

@@ -41,6 +41,18 @@ class DistillBatch:
             return self.student.num_targets
         return int((self.alignment.student_group.max(dim=1).values + 1).clamp(min=0).sum())
 
+    def last(self, student_positions: int, teacher_positions: int | None = None) -> DistillBatch:
+        """The batch seen through logits of the last positions only (`SideBatch.last` on each side; the alignment
+        cropped alike). Scores the same units as long as the kept positions hold all scored ones."""
+        alignment = self.alignment
+        if alignment is not None:
+            s_cut = alignment.student_group.shape[1] - student_positions
+            t_cut = alignment.teacher_group.shape[1] - teacher_positions
+            alignment = AlignedGroups(alignment.student_group[:, s_cut:], alignment.teacher_group[:, t_cut:],
+                                      alignment.student_ids[:, s_cut:], alignment.teacher_ids[:, t_cut:])
+        teacher = self.teacher.last(teacher_positions) if self.teacher is not None else None
+        return DistillBatch(self.student.last(student_positions), teacher, alignment, self.source, self.row_ids)
+
     def to(self, device) -> DistillBatch:
         alignment = self.alignment
         if alignment is not None:

@@ -10,6 +10,7 @@ gradient accumulation, DDP/FSDP through accelerate, `report_to` — is `transfor
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import time
@@ -41,6 +42,14 @@ def seeded_rng(key: str, device: torch.device):
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(zlib.crc32(key.encode()))
         yield
+
+
+def _logits_to_keep(model, positions: int) -> dict:
+    """`logits_to_keep=positions` for models whose forward takes it (transformers' causal LMs: the LM head then
+    runs on the last positions only), else nothing. Reads the class's signature: a wrapped instance method
+    (a profiler's, a timer's) still passes the option on."""
+    forward = type(getattr(model, "module", model)).forward
+    return {"logits_to_keep": positions} if "logits_to_keep" in inspect.signature(forward).parameters else {}
 
 
 class DistillTrainer(Trainer):
@@ -115,18 +124,25 @@ class DistillTrainer(Trainer):
         return super().training_step(model, {"batch": batch.to(self.args.device)}, None)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        batch: DistillBatch = inputs["batch"]
-        outputs = model(input_ids=batch.student.input_ids, attention_mask=batch.student.attention_mask,
-                        use_cache=False)
+        full: DistillBatch = inputs["batch"]
+        # logits only where they are scored: from the first completion position on (prompts need none)
+        s_keep = full.student.scored_tail()
+        t_keep = full.teacher.scored_tail() if full.teacher is not None else s_keep
+        batch = full.last(s_keep, t_keep)
+        outputs = model(input_ids=full.student.input_ids, attention_mask=full.student.attention_mask,
+                        use_cache=False, **_logits_to_keep(model, s_keep))
         teacher_logits, cached = None, None
         if self.teacher_cache is not None and batch.source == "off_policy":
             cached = self.teacher_cache.batch(batch.row_ids, batch.student.target_mask)
         else:
-            teacher_side = batch.teacher or batch.student
+            teacher_side = full.teacher or full.student
             with torch.no_grad():
                 teacher_logits = self.teacher(input_ids=teacher_side.input_ids,
-                                              attention_mask=teacher_side.attention_mask, use_cache=False).logits
-        out = compute_objective(self.args, outputs.logits, batch, teacher_logits=teacher_logits, cached=cached,
+                                              attention_mask=teacher_side.attention_mask, use_cache=False,
+                                              **_logits_to_keep(self.teacher, t_keep)).logits
+            teacher_logits = teacher_logits[:, -t_keep:]  # a model that ignores the option returns all
+        student_logits = outputs.logits[:, -s_keep:]
+        out = compute_objective(self.args, student_logits, batch, teacher_logits=teacher_logits, cached=cached,
                                 vocab_map=self.vocab_map, step=self.state.global_step,
                                 num_items=self._mean_units_per_process(batch) if model.training else None,
                                 measure=not model.training or self._logging_step())
