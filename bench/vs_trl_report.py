@@ -160,8 +160,8 @@ def report(runs: dict[str, list[list[dict]]], floors: list[tuple[list[dict], dic
         on_steps = sum(st["on_policy"] for st in runs["ours"][0])
         generated = sum(st.get("gen_new_tokens", 0) * st.get("gen_prompt_shape", (0,))[0] for st in runs["ours"][0])
         trained = sum(st["tokens"] for st in runs["ours"][0])
-        print(f"floor = student fwd+bwd + teacher fwd on our batch shapes (logits on the scored tail) + generate on the "
-              f"{on_steps} on-policy steps "
+        print(f"floor = student fwd+bwd + teacher fwd on our batch shapes (logits on the scored tail) + generate on "
+              f"the {on_steps} on-policy steps "
               f"({generated} tokens generated of {trained} trained per repeat): {mean_of(floor, 'time'):.3f} s/step "
               f"wall, {mean_of(floor, 'cpu:time'):.3f} s/step CPU; one AdamW step on the student (not in the floor): "
               f"{opt['time']:.3f} s wall")
