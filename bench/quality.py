@@ -12,7 +12,9 @@
 Bars (issue #4): the gold student reaches >= 90% of the teacher's exact match; SFT scores lower; on-policy beats
 off-policy on the longest answers. Prints a table and writes bench/out/quality.json.
 
-Run: `python bench/quality.py` (about 20-30 minutes on 2 cores), `--quick` for a smoke run.
+Run: `python bench/quality.py` (about 20-30 minutes on 2 cores), `--quick` for a smoke run. `--seeds 0 1 2` trains
+every student once per seed (initial weights and data order) against the one teacher and prints the means;
+`--runs on off sft` picks the students.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from distill.trainer import DistillConfig, DistillTrainer
 
 OUT = Path(__file__).parent / "out"
 WEIGHT_DECAY = 0.1  # every run, teacher and students alike
+
+
+#: the students: --runs key -> (name in the table, on-policy share lmbda; None for SFT)
+RUNS = {"on": ("student gold lmbda=0.5", 0.5), "off": ("student gold lmbda=0", 0.0), "sft": ("student SFT", None)}
 
 
 def distil(student, student_tok, teacher, teacher_tok, data, *, lmbda, steps, lr, batch, max_new_tokens, out,
@@ -76,6 +82,10 @@ def main() -> None:
                         help="lambda schedule of the on-policy student (linear: 0 -> lmbda over half the steps)")
     parser.add_argument("--gold-weights", type=float, nargs=2, metavar=("MATCHED", "UNMATCHED"),
                         help="fixed GOLD weights for both gold students (default: adaptive)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="student seeds (initial weights and data order); the teacher is trained once")
+    parser.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=sorted(RUNS),
+                        help="which students to train")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     demo = DemoConfig()
@@ -103,36 +113,44 @@ def main() -> None:
 
     common = {"steps": args.student_steps, "lr": args.lr, "batch": args.batch, "max_new_tokens": max_new,
               "schedule": args.schedule, "gold_weights": args.gold_weights}
-    runs = {
-        "student gold lmbda=0.5": lambda s: distil(s, unigram, teacher, bpe, data, lmbda=0.5, out=OUT / "q-on",
-                                                   **common),
-        "student gold lmbda=0": lambda s: distil(s, unigram, teacher, bpe, data, lmbda=0.0, out=OUT / "q-off",
-                                                 **common),
-        "student SFT": lambda s: (train_sft(s, unigram, data["train"], output_dir=str(OUT / "q-sft"),
-                                            max_steps=args.student_steps, learning_rate=args.lr,
-                                            batch_size=args.batch, weight_decay=WEIGHT_DECAY), s)[1],
-    }
-    for name, run in runs.items():
-        student = build_model(DEMO_CHAIN["student"], unigram, seed=0)
-        start = time.perf_counter()
-        student = run(student)
-        results[name] = evaluate_model(student, unigram, data["test"], teacher=teacher, teacher_tokenizer=bpe,
-                                       **evaluate)
-        results[name]["train_seconds"] = time.perf_counter() - start
-        results[name]["parameters"] = count_parameters(student)
-        print(f"{name}: exact match {results[name]['exact_match']:.3f} "
-              f"({results[name]['train_seconds']:.0f}s)", flush=True)
+
+    def train(run: str, student, seed: int):
+        if run == "sft":
+            train_sft(student, unigram, data["train"], output_dir=str(OUT / "q-sft"), max_steps=args.student_steps,
+                      learning_rate=args.lr, batch_size=args.batch, weight_decay=WEIGHT_DECAY, seed=seed)
+            return student
+        return distil(student, unigram, teacher, bpe, data, lmbda=RUNS[run][1], out=OUT / f"q-{run}", seed=seed,
+                      **common)
+
+    for run in args.runs:
+        for seed in args.seeds:
+            name = RUNS[run][0] + (f" seed {seed}" if len(args.seeds) > 1 else "")
+            student = build_model(DEMO_CHAIN["student"], unigram, seed=seed)
+            start = time.perf_counter()
+            student = train(run, student, seed)
+            results[name] = evaluate_model(student, unigram, data["test"], teacher=teacher, teacher_tokenizer=bpe,
+                                           **evaluate)
+            results[name]["train_seconds"] = time.perf_counter() - start
+            results[name]["parameters"] = count_parameters(student)
+            print(f"{name}: exact match {results[name]['exact_match']:.3f}, on the longest answers "
+                  f"{longest_accuracy(results[name]):.3f} ({results[name]['train_seconds']:.0f}s)", flush=True)
 
     teacher_em = results["teacher"]["exact_match"]
-    print(f"\n{'model':26s} {'params':>9s} {'train s':>8s} {'EM':>6s} {'EM/teacher':>10s} {'EM longest':>10s}")
+    print(f"\n{'model':30s} {'params':>9s} {'train s':>8s} {'EM':>6s} {'EM/teacher':>10s} {'EM longest':>10s}")
     for name, r in results.items():
         params = r.get("parameters") or r["num_parameters"]
-        print(f"{name:26s} {params:>9,} {r['train_seconds']:>8.0f} {r['exact_match']:>6.3f} "
+        print(f"{name:30s} {params:>9,} {r['train_seconds']:>8.0f} {r['exact_match']:>6.3f} "
               f"{r['exact_match'] / max(teacher_em, 1e-9):>10.2f} {longest_accuracy(r):>10.3f}")
     lengths = sorted(results["teacher"]["accuracy_by_length"], key=int)
     print("\naccuracy by answer length:", " ".join(lengths))
     for name, r in results.items():
-        print(f"{name:26s}", " ".join(f"{r['accuracy_by_length'][k]:.2f}" for k in lengths))
+        print(f"{name:30s}", " ".join(f"{r['accuracy_by_length'][k]:.2f}" for k in lengths))
+    if len(args.seeds) > 1:
+        print(f"\nmean over seeds {args.seeds}:")
+        for run in args.runs:
+            rows = [results[f"{RUNS[run][0]} seed {seed}"] for seed in args.seeds]
+            print(f"{RUNS[run][0]:30s} EM {sum(r['exact_match'] for r in rows) / len(rows):.3f}, on the longest "
+                  f"answers {sum(longest_accuracy(r) for r in rows) / len(rows):.3f}")
     OUT.mkdir(exist_ok=True)
     (OUT / "quality.json").write_text(json.dumps(results, indent=2, default=str))
 
