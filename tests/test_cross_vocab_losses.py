@@ -277,3 +277,24 @@ def test_sorted_l1_binned_and_sorted_routes_agree(case, monkeypatch):
     (binned, binned_grad), (sorted_, sorted_grad) = results
     torch.testing.assert_close(binned, sorted_, rtol=4 * torch.finfo(torch.float32).eps, atol=0)
     assert torch.equal(binned_grad, sorted_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sorted_l1_coarser_bins_give_the_same_values_and_gradients(dtype, monkeypatch):
+    """Rows spanning many octaves get coarser bins (key bits dropped): same value to round-off, same gradient."""
+    torch.manual_seed(0)
+    student = torch.softmax(torch.randn(6, 400, dtype=dtype) * 3, -1) * torch.logspace(-20, 0, 6, dtype=dtype)[:, None]
+    teacher = torch.softmax(torch.randn(6, 700, dtype=dtype) * 3, -1)
+    results = []
+    for min_bins in (1 << 16, 1):  # never coarsen, coarsen as far as allowed (7 bits)
+        monkeypatch.setattr(losses.sorting, "MIN_BINS", min_bins)
+        monkeypatch.setattr(losses.sorting, "ENTRIES_PER_BIN", 1 << 20)
+        ours = student.clone().requires_grad_(True)
+        value = losses.divergences.sorted_l1_rows(ours, teacher)
+        value.sum().backward()
+        results.append((value.detach(), ours.grad))
+    assert losses.sorting._coarsening(30_000, 1100) == 7
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=4 * torch.finfo(dtype).eps, atol=0)
+    assert torch.equal(results[0][1], results[1][1])
+    exact, want_grad = _sorted_l1_by_autograd(student.double(), teacher.double())
+    torch.testing.assert_close(results[1][0].double(), exact)

@@ -12,7 +12,8 @@ vocabulary sizes.
 because `|a − b| = ∫ |1[a > x] − 1[b > x]| dx` and, for sorted rows, `Σ_r 1[p↓(r) > x] = N(x)`.
 
 **Bins.** Non-negative floats sharing their high 16 bits (exponent and the top mantissa bits: 128 bins per
-octave in float32, 16 in float64) form consecutive value intervals `[lo_k, hi_k)`. One pass gives, per row and
+octave in float32, 16 in float64; fewer, by dropping key bits, when the rows span so many octaves that the
+tables would outgrow the rows) form consecutive value intervals `[lo_k, hi_k)`. One pass gives, per row and
 bin, the counts `c_S, c_T`, the counts above the bin `A_S, A_T`, and the offsets `Σ (p − lo_k)`. On a bin,
 `D = N_S − N_T` stays within `[A_S − A_T − c_T, A_S + c_S − A_T]`. When that range does not straddle 0 the bin
 is *clean*: its integral is `|(A_S − A_T)(hi_k − lo_k) + Σ_S (p − lo_k) − Σ_T (p − lo_k)|`. Only the entries of
@@ -37,6 +38,9 @@ import torch
 
 #: Bin-table cells (rows × bins) per block of rows: bounds the tables' memory (float64, ~10 tables).
 TABLE_CELLS = 1 << 20
+#: Bins per row are capped near one per `ENTRIES_PER_BIN` entries (at least `MIN_BINS`): rows spanning many
+#: octaves (merged span groups reach 1e-28) get coarser bins instead of wide, mostly empty tables.
+ENTRIES_PER_BIN, MIN_BINS = 4, 512
 #: A block whose mixed bins hold more than this share of its entries is done with a row sort instead (nearly
 #: equal distributions cross everywhere; sorting most entries by (row, value) costs more than `torch.sort`).
 MAX_MIXED_SHARE = 0.25
@@ -81,24 +85,40 @@ def _bin_keys(x: torch.Tensor) -> torch.Tensor:
     return x.view(torch.int16)[..., words - 1 :: words]
 
 
-def _edges(keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The value of the float whose high 16 bits are `keys` and the rest zero (a bin's lower edge), float64."""
+def _coarsening(width: int, entries: int) -> int:
+    """Bits dropped from the 16-bit keys (0-7: bins stay within one binade) so a row has at most
+    max(MIN_BINS, entries / ENTRIES_PER_BIN) bins."""
+    bits = 0
+    while bits < 7 and (width >> bits) > max(MIN_BINS, entries // ENTRIES_PER_BIN):
+        bits += 1
+    return bits
+
+
+def _low_bits(dtype: torch.dtype, coarsen: int) -> int:
+    """Bits of a float below its bin key."""
+    return (16 if dtype == torch.float32 else 48) + coarsen
+
+
+def _edges(keys: torch.Tensor, dtype: torch.dtype, coarsen: int) -> torch.Tensor:
+    """The value of the float whose top bits are the bin key and the rest zero (a bin's lower edge), float64."""
     if dtype == torch.float32:
-        return (keys.to(torch.int32) << 16).view(torch.float32).double()
-    return (keys.to(torch.int64) << 48).view(torch.float64)
+        return (keys.to(torch.int32) << _low_bits(dtype, coarsen)).view(torch.float32).double()
+    return (keys.to(torch.int64) << _low_bits(dtype, coarsen)).view(torch.float64)
 
 
-def _offset_sums(x: torch.Tensor, index: torch.Tensor, width: int, step: torch.Tensor) -> torch.Tensor:
-    """Σ (p − lo_k) per row and bin, float64; `step` = (hi_k − lo_k) / 2¹⁶ per bin.
+def _offset_sums(x: torch.Tensor, index: torch.Tensor, edges: torch.Tensor, coarsen: int) -> torch.Tensor:
+    """Σ (p − lo_k) per row and bin, float64.
 
-    float32: the low 16 bits count steps above the bin's lower edge, summed as floats then scaled per bin.
-    float64: `p − lo` is exact (Sterbenz: both in one binade), summed directly.
+    Uncoarsened float32: the low 16 bits count steps of (hi_k − lo_k) / 2¹⁶ above the bin's lower edge, summed
+    as floats then scaled per bin. Otherwise `p − lo` is exact (Sterbenz: both in one binade), summed directly.
     """
-    if x.dtype == torch.float32:
+    width = edges.numel() - 1
+    if x.dtype == torch.float32 and coarsen == 0:
         steps = x.view(torch.uint16)[..., 0::2].to(torch.float32)
-        return torch.zeros(x.shape[0], width).scatter_add_(1, index, steps).double() * step
-    low = x - (x.view(torch.int64) & -(1 << 48)).view(torch.float64)
-    return torch.zeros(x.shape[0], width, dtype=x.dtype).scatter_add_(1, index, low)
+        return torch.zeros(x.shape[0], width).scatter_add_(1, index, steps).double() * (edges.diff() / 65536)
+    bits = torch.int32 if x.dtype == torch.float32 else torch.int64
+    low = x - (x.view(bits) & -(1 << _low_bits(x.dtype, coarsen))).view(x.dtype)
+    return torch.zeros(x.shape[0], width, dtype=x.dtype).scatter_add_(1, index, low).double()
 
 
 class _BinnedSortedL1(torch.autograd.Function):
@@ -106,21 +126,24 @@ class _BinnedSortedL1(torch.autograd.Function):
     def forward(ctx, student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
         s, t = student_probs.detach().contiguous(), teacher_probs.detach().contiguous()
         (s_lo, s_hi), (t_lo, t_hi) = (map(int, torch.aminmax(_bin_keys(x))) for x in (s, t))
-        key_lo, key_hi = min(s_lo, t_lo), max(s_hi, t_hi)
-        if key_lo < 0:  # the sign bit
+        if min(s_lo, t_lo) < 0:  # the sign bit
             side = "student" if s_lo < 0 else "teacher"
             raise ValueError(f"sorted_l1_rows takes probabilities: the {side} rows hold negative values")
+        raw_hi = max(s_hi, t_hi)
+        coarsen = _coarsening(raw_hi - min(s_lo, t_lo) + 1, s.shape[1] + t.shape[1])
+        key_lo, key_hi = min(s_lo, t_lo) >> coarsen, raw_hi >> coarsen
         width = key_hi - key_lo + 1
-        edges = _edges(torch.arange(key_lo, key_hi + 2), s.dtype)
+        edges = _edges(torch.arange(key_lo, key_hi + 2), s.dtype, coarsen)
         edges.nan_to_num_(nan=torch.finfo(s.dtype).max, posinf=torch.finfo(s.dtype).max)  # inf/NaN: empty bins
         value = torch.empty(s.shape[0], dtype=torch.float64)
         signs = torch.empty_like(s) if ctx.needs_input_grad[0] else None
         block = max(1, TABLE_CELLS // width)
         for start in range(0, s.shape[0], block):
             rows = slice(start, start + block)
-            value[rows] = _binned_rows(s[rows], t[rows], key_lo, edges, None if signs is None else signs[rows])
+            value[rows] = _binned_rows(s[rows], t[rows], (key_lo, coarsen), edges,
+                                       None if signs is None else signs[rows])
         inf_key = int(_bin_keys(torch.tensor([torch.inf], dtype=s.dtype))[0])
-        if key_hi >= inf_key:  # rows with inf or NaN entries get NaN
+        if raw_hi >= inf_key:  # rows with inf or NaN entries get NaN
             bad = (_bin_keys(s) >= inf_key).any(-1) | (_bin_keys(t) >= inf_key).any(-1)
             value[bad] = torch.nan
             if signs is not None:
@@ -135,20 +158,22 @@ class _BinnedSortedL1(torch.autograd.Function):
 
 
 def _binned_rows(
-    s: torch.Tensor, t: torch.Tensor, key_lo: int, edges: torch.Tensor, signs_out: torch.Tensor | None
+    s: torch.Tensor, t: torch.Tensor, keys: tuple[int, int], edges: torch.Tensor, signs_out: torch.Tensor | None
 ) -> torch.Tensor:
-    """The distance of each row `[n]` (float64); writes the gradient signs `[n, Vs]` into `signs_out` if given."""
-    n, width = s.shape[0], edges.numel() - 1
+    """The distance of each row `[n]` (float64); writes the gradient signs `[n, Vs]` into `signs_out` if given.
+    `keys`: the lowest bin key and the bits dropped from the 16-bit keys; `edges`: the bins' edges."""
+    (key_lo, coarsen), n, width = keys, s.shape[0], edges.numel() - 1
     lo, hi = edges[:-1], edges[1:]
-    step = (hi - lo) / 65536
     tables = []
     for x in (s, t):
         index = _bin_keys(x).long()
+        if coarsen:
+            index >>= coarsen
         index -= key_lo
         counts = torch.zeros(n, width, dtype=x.dtype).scatter_add_(1, index, torch.ones(1, dtype=x.dtype).expand(
             index.shape)).double()
         above = counts.flip(-1).cumsum(-1).flip(-1) - counts
-        tables.append((index, counts, above, _offset_sums(x, index, width, step)))
+        tables.append((index, counts, above, _offset_sums(x, index, edges, coarsen)))
     (s_index, s_count, s_above, s_offsets), (t_index, t_count, t_above, t_offsets) = tables
     d_top = s_above - t_above  # D just below each bin's upper edge
     positive = t_above + t_count <= s_above  # D ≥ 0 on the whole bin
