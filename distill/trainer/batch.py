@@ -41,7 +41,7 @@ class DistillBatch:
             return self.student.num_targets
         return int((self.alignment.student_group.max(dim=1).values + 1).clamp(min=0).sum())
 
-    def last(self, student_positions: int, teacher_positions: int | None = None) -> DistillBatch:
+    def last(self, student_positions: int, teacher_positions: int) -> DistillBatch:
         """The batch seen through logits of the last positions only (`SideBatch.last` on each side; the alignment
         cropped alike). Scores the same units as long as the kept positions hold all scored ones."""
         alignment = self.alignment
