@@ -298,3 +298,4 @@ def test_sorted_l1_coarser_bins_give_the_same_values_and_gradients(dtype, monkey
     assert torch.equal(results[0][1], results[1][1])
     exact, want_grad = _sorted_l1_by_autograd(student.double(), teacher.double())
     torch.testing.assert_close(results[1][0].double(), exact)
+    assert torch.equal(results[1][1].double(), want_grad)  # no ties here: autograd's gradient exactly
