@@ -10,7 +10,7 @@ Printed: forward+backward seconds (median of --repeats) of each, the ratio, the 
 loss values where the definitions coincide (ULD; GOLD's unmatched ULD term), and the peak extra memory of our
 loss at two sequence lengths, measured in fresh subprocesses from the peak resident set size.
 
-Run: `python bench/losses.py` (about 3 minutes on 2 cores), or `--quick` for a smaller smoke run.
+Run: `python bench/losses.py` (about 4 minutes on 2 cores), or `--quick` for a smaller smoke run.
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ def main() -> None:
     parser.add_argument("--student-vocab", type=int, default=32_000)
     parser.add_argument("--teacher-vocab", type=int, default=50_000)
     parser.add_argument("--matched", type=int, default=20_000, help="token strings shared by the vocabularies")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls of each loss; the median is reported (the machine is shared)")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (a smoke run)")
     args = parser.parse_args()
     if args.quick:
