@@ -244,7 +244,8 @@ def main() -> None:
     parser.add_argument("--student-vocab", type=int, default=32_000)
     parser.add_argument("--teacher-vocab", type=int, default=50_000)
     parser.add_argument("--matched", type=int, default=20_000, help="token strings shared by the vocabularies")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls of each loss; the median is reported (the machine is shared)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed calls of each loss; the median is reported (the machine is shared)")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (a smoke run)")
     args = parser.parse_args()
     if args.quick:
