@@ -39,8 +39,9 @@ import torch
 #: Bin-table cells (rows × bins) per block of rows: bounds the tables' memory (float64, ~10 tables).
 TABLE_CELLS = 1 << 20
 #: Bins per row are capped near one per `ENTRIES_PER_BIN` entries (at least `MIN_BINS`): rows spanning many
-#: octaves (merged span groups reach 1e-28) get coarser bins instead of wide, mostly empty tables.
-ENTRIES_PER_BIN, MIN_BINS = 4, 512
+#: octaves (merged span groups reach 1e-28) get coarser bins instead of tables wider than the rows. (A cap of one
+#: bin per 4 entries was faster on one captured chunk but slower in the vs_trl trainer bench: bench/RESULTS.md.)
+ENTRIES_PER_BIN, MIN_BINS = 1, 512
 #: A block whose mixed bins hold more than this share of its entries is done with a row sort instead (nearly
 #: equal distributions cross everywhere; sorting most entries by (row, value) costs more than `torch.sort`).
 MAX_MIXED_SHARE = 0.25
