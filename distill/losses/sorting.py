@@ -187,11 +187,12 @@ def _binned_rows(
         return _sorted_block(s, t, signs_out)
     if signs_out is not None:
         torch.gather((positive.to(s.dtype) - negative.to(s.dtype)), 1, s_index, out=signs_out)  # 0: mixed bin
+    if not bool(mixed.any()):
+        return value
+    if signs_out is not None:
         s_at = (signs_out == 0).view(-1).nonzero().squeeze(1)
     else:
         s_at = mixed.gather(1, s_index).view(-1).nonzero().squeeze(1)
-    if not bool(mixed.any()):
-        return value
     t_at = mixed.gather(1, t_index).view(-1).nonzero().squeeze(1)
     mixed_part, student_signs = _mixed_bins(
         s, t, s_at, t_at, s_index, t_index, (s_above, t_above, lo, hi), signs_out is not None
