@@ -107,19 +107,26 @@ def _edges(keys: torch.Tensor, dtype: torch.dtype, coarsen: int) -> torch.Tensor
     return (keys.to(torch.int64) << _low_bits(dtype, coarsen)).view(torch.float64)
 
 
-def _offset_sums(x: torch.Tensor, index: torch.Tensor, edges: torch.Tensor, coarsen: int) -> torch.Tensor:
-    """Σ (p − lo_k) per row and bin, float64.
+def _offset_difference(s: torch.Tensor, t: torch.Tensor, s_index: torch.Tensor, t_index: torch.Tensor,
+                       edges: torch.Tensor, coarsen: int) -> torch.Tensor:
+    """Σ_S (p − lo_k) − Σ_T (p − lo_k) per row and bin, float64.
 
     Uncoarsened float32: the low 16 bits count steps of (hi_k − lo_k) / 2¹⁶ above the bin's lower edge, summed
     as floats then scaled per bin. Otherwise `p − lo` is exact (Sterbenz: both in one binade), summed directly.
     """
     width = edges.numel() - 1
-    if x.dtype == torch.float32 and coarsen == 0:
-        steps = x.view(torch.uint16)[..., 0::2].to(torch.float32)
-        return torch.zeros(x.shape[0], width).scatter_add_(1, index, steps).double() * (edges.diff() / 65536)
-    bits = torch.int32 if x.dtype == torch.float32 else torch.int64
-    low = x - (x.view(bits) & -(1 << _low_bits(x.dtype, coarsen))).view(x.dtype)
-    return torch.zeros(x.shape[0], width, dtype=x.dtype).scatter_add_(1, index, low).double()
+    if s.dtype == torch.float32 and coarsen == 0:
+        table = torch.zeros(s.shape[0], width)
+        table.scatter_add_(1, s_index, s.view(torch.uint16)[..., 0::2].to(torch.float32))
+        table.scatter_add_(1, t_index, t.view(torch.uint16)[..., 0::2].to(torch.float32).neg_())
+        return table.double() * (edges.diff() / 65536)
+    bits = torch.int32 if s.dtype == torch.float32 else torch.int64
+    mask = -(1 << _low_bits(s.dtype, coarsen))
+    table = torch.zeros(s.shape[0], width, dtype=s.dtype)
+    for x, index, sign in ((s, s_index, 1.0), (t, t_index, -1.0)):
+        low = x - (x.view(bits) & mask).view(x.dtype)
+        table.scatter_add_(1, index, low if sign > 0 else low.neg_())
+    return table.double()
 
 
 class _BinnedSortedL1(torch.autograd.Function):
@@ -162,31 +169,36 @@ def _binned_rows(
     s: torch.Tensor, t: torch.Tensor, keys: tuple[int, int], edges: torch.Tensor, signs_out: torch.Tensor | None
 ) -> torch.Tensor:
     """The distance of each row `[n]` (float64); writes the gradient signs `[n, Vs]` into `signs_out` if given.
-    `keys`: the lowest bin key and the bits dropped from the 16-bit keys; `edges`: the bins' edges."""
+    `keys`: the lowest bin key and the bits dropped from the 16-bit keys; `edges`: the bins' edges.
+
+    Counts are float32 (exact: every partial sum is an integer below 2²⁴). Every entry lies in some bin, so the
+    counts above bin k are `A = V − cumsum(c)_k`, and `D` just below the bin's top is
+    `d_top = A_S − A_T = (Vs − Vt) − cumsum(c_S − c_T)_k`; the bin is clean iff `d_top ≥ c_T` (D ≥ 0 on it) or
+    `d_top ≤ −c_S` (D ≤ 0).
+    """
     (key_lo, coarsen), n, width = keys, s.shape[0], edges.numel() - 1
     lo, hi = edges[:-1], edges[1:]
-    tables = []
+    indices, counts = [], []
     for x in (s, t):
         index = _bin_keys(x).long()
         if coarsen:
             index >>= coarsen
         index -= key_lo
-        counts = torch.zeros(n, width, dtype=x.dtype).scatter_add_(1, index, torch.ones(1, dtype=x.dtype).expand(
-            index.shape)).double()
-        above = counts.flip(-1).cumsum(-1).flip(-1) - counts
-        tables.append((index, counts, above, _offset_sums(x, index, edges, coarsen)))
-    (s_index, s_count, s_above, s_offsets), (t_index, t_count, t_above, t_offsets) = tables
-    d_top = s_above - t_above  # D just below each bin's upper edge
-    positive = t_above + t_count <= s_above  # D ≥ 0 on the whole bin
-    negative = s_above + s_count <= t_above  # D ≤ 0 on the whole bin
-    integral = d_top * (hi - lo) + s_offsets - t_offsets  # ∫ over the bin of D
-    value = torch.where(positive | negative, integral.abs(), 0.0).sum(-1)
+        indices.append(index)
+        counts.append(torch.zeros(n, width).scatter_add_(1, index, torch.ones(1).expand(index.shape)))
+    (s_index, t_index), (s_count, t_count) = indices, counts
+    d_top = (s_count - t_count).cumsum_(-1).neg_().add_(s.shape[1] - t.shape[1])
+    positive = d_top >= t_count  # D ≥ 0 on the whole bin
+    negative = d_top <= s_count.neg()  # D ≤ 0 on the whole bin
+    clean = positive | negative
+    integral = d_top.double().mul_(hi - lo).add_(_offset_difference(s, t, s_index, t_index, edges, coarsen))
+    value = integral.abs_().mul_(clean).sum(-1)  # ∫ |D| over the clean bins
     value += abs(s.shape[1] - t.shape[1]) * float(lo[0])  # [0, lowest edge): only the padding differs
-    mixed = ~(positive | negative)
-    if float((s_count + t_count)[mixed].sum()) > MAX_MIXED_SHARE * (s.numel() + t.numel()):
+    mixed = clean.logical_not_()
+    if float(s_count.add(t_count).mul_(mixed).sum()) > MAX_MIXED_SHARE * (s.numel() + t.numel()):
         return _sorted_block(s, t, signs_out)
     if signs_out is not None:
-        torch.gather((positive.to(s.dtype) - negative.to(s.dtype)), 1, s_index, out=signs_out)  # 0: mixed bin
+        torch.gather(positive.to(s.dtype).sub_(negative.to(s.dtype)), 1, s_index, out=signs_out)  # 0: mixed bin
     if not bool(mixed.any()):
         return value
     if signs_out is not None:
@@ -194,6 +206,8 @@ def _binned_rows(
     else:
         s_at = mixed.gather(1, s_index).view(-1).nonzero().squeeze(1)
     t_at = mixed.gather(1, t_index).view(-1).nonzero().squeeze(1)
+    s_above = s_count.cumsum(-1).neg_().add_(s.shape[1]).double()
+    t_above = t_count.cumsum(-1).neg_().add_(t.shape[1]).double()
     mixed_part, student_signs = _mixed_bins(
         s, t, s_at, t_at, s_index, t_index, (s_above, t_above, lo, hi), signs_out is not None
     )
