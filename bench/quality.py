@@ -45,7 +45,7 @@ WEIGHT_DECAY = 0.1  # every run, teacher and students alike
 
 
 #: the students: --runs key -> (name in the table, on-policy share lmbda; None for SFT)
-RUNS = {"on": ("student gold lmbda=0.5", 0.5), "off": ("student gold lmbda=0", 0.0), "sft": ("student SFT", None)}
+RUNS = {"on": ("student gold on-policy", 0.5), "off": ("student gold off-policy", 0.0), "sft": ("student SFT", None)}
 
 
 def distil(student, student_tok, teacher, teacher_tok, train, *, lmbda, steps, lr, batch, max_new_tokens, out,
@@ -131,7 +131,9 @@ def main() -> None:
     if args.transfer_rows < 0 or args.transfer_rows > len(data["train"]):
         parser.error(f"--transfer-rows must be in [0, {len(data['train'])}], got {args.transfer_rows}")
     transfer = data["train"].select(range(args.transfer_rows)) if args.transfer_rows else data["train"]
-    print(f"students learn from {len(transfer)} of the {len(data['train'])} train rows", flush=True)
+    print(f"students learn from {len(transfer)} of the {len(data['train'])} train rows; on-policy: lmbda "
+          f"{'0 -> 0.5 (linear, first half of the steps)' if args.schedule == 'linear' else '0.5'}, off-policy: 0",
+          flush=True)
     texts = [r["prompt"] + r["completion"] for r in data["train"]]
     bpe, unigram = train_byte_level_bpe(texts, 600), train_metaspace_unigram(texts, 600)
     max_new = 13 * demo.max_length + 8  # 12 tokens a step at most, the counter, EOS
