@@ -115,6 +115,16 @@ def test_merge_strategies_by_hand():
         merge_span_log_probs(logp, ids, group, "mean")
 
 
+@pytest.mark.parametrize("strategy", ["bayesian", "observed"])
+def test_merge_gradient_matches_finite_differences(strategy):
+    """The merge adds the scalar factors in place on its gathered base rows: autograd must still be exact."""
+    logits = torch.randn(7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    ids, group = torch.tensor([4, 1, 0, 2, 2, 3, 1]), torch.tensor([0, 0, 1, 2, 2, 2, 3])
+    assert torch.autograd.gradcheck(
+        lambda x: merge_span_log_probs(torch.log_softmax(x, -1), ids, group, strategy), (logits,)
+    )
+
+
 def test_groups_with_one_side_empty_are_skipped():
     student, teacher, _ = _case(2, batch=1, ts=3, tt=2)
     alignment = SpanAlignment(np.array([0, 1, 2]), np.array([0, 2]), 3)  # group 1: student only (e.g. a BOS)
