@@ -109,24 +109,25 @@ def _edges(keys: torch.Tensor, dtype: torch.dtype, coarsen: int) -> torch.Tensor
 
 def _offset_difference(s: torch.Tensor, t: torch.Tensor, s_index: torch.Tensor, t_index: torch.Tensor,
                        edges: torch.Tensor, coarsen: int) -> torch.Tensor:
-    """Σ_S (p − lo_k) − Σ_T (p − lo_k) per row and bin, float64.
+    """Σ_S (p − lo_k) − Σ_T (p − lo_k) per row and bin, float64 (see `_above_edge` for the units)."""
+    in_steps = _counts_steps(s.dtype, coarsen)
+    table = torch.zeros(s.shape[0], edges.numel() - 1, dtype=torch.float32 if in_steps else s.dtype)
+    table.scatter_add_(1, s_index, _above_edge(s, coarsen))
+    table.scatter_add_(1, t_index, _above_edge(t, coarsen).neg_())
+    return table.double() * (edges.diff() / 65536) if in_steps else table.double()
 
-    Uncoarsened float32: the low 16 bits count steps of (hi_k − lo_k) / 2¹⁶ above the bin's lower edge, summed
-    as floats then scaled per bin. Otherwise `p − lo` is exact (Sterbenz: both in one binade), summed directly.
-    """
-    width = edges.numel() - 1
-    if s.dtype == torch.float32 and coarsen == 0:
-        table = torch.zeros(s.shape[0], width)
-        table.scatter_add_(1, s_index, s.view(torch.uint16)[..., 0::2].to(torch.float32))
-        table.scatter_add_(1, t_index, t.view(torch.uint16)[..., 0::2].to(torch.float32).neg_())
-        return table.double() * (edges.diff() / 65536)
-    bits = torch.int32 if s.dtype == torch.float32 else torch.int64
-    mask = -(1 << _low_bits(s.dtype, coarsen))
-    table = torch.zeros(s.shape[0], width, dtype=s.dtype)
-    for x, index, sign in ((s, s_index, 1.0), (t, t_index, -1.0)):
-        low = x - (x.view(bits) & mask).view(x.dtype)
-        table.scatter_add_(1, index, low if sign > 0 else low.neg_())
-    return table.double()
+
+def _counts_steps(dtype: torch.dtype, coarsen: int) -> bool:
+    return dtype == torch.float32 and coarsen == 0
+
+
+def _above_edge(x: torch.Tensor, coarsen: int) -> torch.Tensor:
+    """Each entry's height above its bin's lower edge. Uncoarsened float32: its low 16 bits, a count of steps of
+    (hi_k − lo_k) / 2¹⁶, as floats. Otherwise `p − lo` itself, exact (Sterbenz: both in one binade)."""
+    if _counts_steps(x.dtype, coarsen):
+        return x.view(torch.uint16)[..., 0::2].to(torch.float32)
+    bits = torch.int32 if x.dtype == torch.float32 else torch.int64
+    return x - (x.view(bits) & -(1 << _low_bits(x.dtype, coarsen))).view(x.dtype)
 
 
 class _BinnedSortedL1(torch.autograd.Function):
