@@ -1,4 +1,4 @@
-"""Does distillation work? The demo teacher, and students trained four ways on the same data and step budget.
+"""Does distillation work? The demo teacher, and three students trained on the same data and step budget.
 
 1. Teacher: `DEMO_CHAIN["teacher"]` with a byte-level BPE tokenizer, trained from scratch by SFT on the whole
    train split (timed; the bar is >= 0.95 exact match on the test split in <= 5 minutes on 2 CPU cores).

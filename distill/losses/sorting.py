@@ -36,7 +36,7 @@ import sys
 
 import torch
 
-#: Bin-table cells (rows × bins) per block of rows: bounds the tables' memory (float64, ~10 tables).
+#: Bin-table cells (rows × bins) per block of rows: bounds the tables' memory (float32 counts, float64 sums).
 TABLE_CELLS = 1 << 20
 #: Bins per row are capped near one per `ENTRIES_PER_BIN` entries (at least `MIN_BINS`): rows spanning many
 #: octaves (merged span groups reach 1e-28) get coarser bins instead of tables wider than the rows. (A cap of one
@@ -110,21 +110,22 @@ def _edges(keys: torch.Tensor, dtype: torch.dtype, coarsen: int) -> torch.Tensor
 def _offset_difference(s: torch.Tensor, t: torch.Tensor, s_index: torch.Tensor, t_index: torch.Tensor,
                        edges: torch.Tensor, coarsen: int) -> torch.Tensor:
     """Σ_S (p − lo_k) − Σ_T (p − lo_k) per row and bin, float64 (see `_above_edge` for the units)."""
-    in_steps = _counts_steps(s.dtype, coarsen)
+    in_steps = _offsets_in_steps(s.dtype, coarsen)
     table = torch.zeros(s.shape[0], edges.numel() - 1, dtype=torch.float32 if in_steps else s.dtype)
     table.scatter_add_(1, s_index, _above_edge(s, coarsen))
     table.scatter_add_(1, t_index, _above_edge(t, coarsen).neg_())
     return table.double() * (edges.diff() / 65536) if in_steps else table.double()
 
 
-def _counts_steps(dtype: torch.dtype, coarsen: int) -> bool:
+def _offsets_in_steps(dtype: torch.dtype, coarsen: int) -> bool:
+    """Offsets are counted in 2¹⁶ steps of the bin width (uncoarsened float32) rather than summed as values."""
     return dtype == torch.float32 and coarsen == 0
 
 
 def _above_edge(x: torch.Tensor, coarsen: int) -> torch.Tensor:
     """Each entry's height above its bin's lower edge. Uncoarsened float32: its low 16 bits, a count of steps of
     (hi_k − lo_k) / 2¹⁶, as floats. Otherwise `p − lo` itself, exact (Sterbenz: both in one binade)."""
-    if _counts_steps(x.dtype, coarsen):
+    if _offsets_in_steps(x.dtype, coarsen):
         return x.view(torch.uint16)[..., 0::2].to(torch.float32)
     bits = torch.int32 if x.dtype == torch.float32 else torch.int64
     return x - (x.view(bits) & -(1 << _low_bits(x.dtype, coarsen))).view(x.dtype)
