@@ -9,7 +9,6 @@ the unit of the mean is the group; `mask` must cover every aligned student posit
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -28,12 +27,14 @@ from distill.losses._common import (
     check_unit_interval,
     reduce_units,
 )
-from distill.losses.engine import log_probs, resolve_chunk_size
-from distill.losses.units import PairFn, UnitLosses, group_units, token_units
+from distill.losses.engine import resolve_chunk_size
+from distill.losses.merged_rows import MergedRows
+from distill.losses.sorting import sorted_l1_and_grad
+from distill.losses.units import GroupPairFn, Parts, UnitLosses, group_units, one_group_per_position
 
 
 def _units(
-    pair_fn: PairFn,
+    pair_fn: GroupPairFn,
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     mask: torch.Tensor,
@@ -42,6 +43,7 @@ def _units(
     temperature: float,
     teacher_temperature: float | None,
     chunk_size: int | None,
+    parts: tuple[Parts, Parts] = ((None,), (None,)),
 ) -> UnitLosses:
     check_logits("student_logits", student_logits)
     check_logits("teacher_logits", teacher_logits)
@@ -53,11 +55,15 @@ def _units(
     chunk_size = resolve_chunk_size(chunk_size, student_logits.shape[-1], teacher_logits.shape[-1])
     if alignment is None:
         check_same_positions(student_logits, teacher_logits)
-        teacher_transform = partial(log_probs, temperature=teacher_temperature)
-        return token_units(pair_fn, student_logits, teacher_logits, mask, temperature, teacher_transform, chunk_size)
-    return group_units(
-        pair_fn, student_logits, teacher_logits, alignment, mask, merge, temperature, teacher_temperature, chunk_size
-    )
+        alignment = one_group_per_position(mask)
+    return group_units(pair_fn, student_logits, teacher_logits, alignment, mask, merge, temperature,
+                       teacher_temperature, chunk_size, parts)
+
+
+def _uld_pair(student: MergedRows, teacher: MergedRows, _units, needs_grad: bool):
+    (s_probs,), (t_probs,) = student.probs, teacher.probs
+    value, grad = sorted_l1_and_grad(s_probs, t_probs, needs_grad)
+    return value, (None if grad is None else (grad.mul_(s_probs),)), None  # ∂/∂log p = ∂/∂p · p
 
 
 def uld(
@@ -79,10 +85,8 @@ def uld(
     matches the *shape* of the teacher's distribution, not which token is likely. Any two vocabulary sizes.
     """
     check_reduction(reduction, num_items_in_batch)
-    units = _units(
-        lambda s, t, _u: div.sorted_l1_rows(s.exp(), t.exp()),
-        student_logits, teacher_logits, mask, alignment, merge, temperature, teacher_temperature, chunk_size,
-    )
+    units = _units(_uld_pair, student_logits, teacher_logits, mask, alignment, merge, temperature,
+                   teacher_temperature, chunk_size)
     return reduce_units(units.values, reduction, num_items_in_batch, units.batch, units.index, units.layout)
 
 
@@ -130,19 +134,27 @@ def gold(
     t_unmatched = _complement(t_matched, teacher_logits.shape[-1], "teacher", vocab_map)
     collected: list[tuple[torch.Tensor, torch.Tensor]] = []  # (units, [u, 2] detached parts), per chunk
 
-    def pair(student_logp, teacher_logp, units):
-        matched = div.jsd_rows(
-            div.bucket_log_probs(student_logp, s_matched), div.bucket_log_probs(teacher_logp, t_matched), beta
-        )
-        unmatched = div.sorted_l1_rows(
-            student_logp.index_select(-1, s_unmatched).exp(), teacher_logp.index_select(-1, t_unmatched).exp()
-        )
-        collected.append((units, torch.stack([matched, unmatched], dim=-1).detach()))
-        return w_m * matched + w_u * unmatched
+    def pair(student: MergedRows, teacher: MergedRows, units, needs_grad: bool):
+        (s, s_rest_probs), (t, t_rest_probs) = student.probs, teacher.probs
+        s_logp, t_logp = student.log_probs(0), teacher.log_probs(0)
+        s_rest, t_rest = _rest_mass(s_rest_probs, student.log_mass), _rest_mass(t_rest_probs, teacher.log_mass)
+        matched, grad_matched = div.jsd_and_grad(s_logp, s, t_logp, t, beta, needs_grad)
+        bucket, grad_bucket = div.jsd_and_grad(_floored_log(s_rest), s_rest, _floored_log(t_rest), t_rest, beta,
+                                               needs_grad)
+        unmatched, grad_unmatched = sorted_l1_and_grad(s_rest_probs, t_rest_probs, needs_grad)
+        matched += bucket
+        collected.append((units, torch.stack([matched, unmatched], dim=-1)))
+        value = w_m * matched + w_u * unmatched
+        if not needs_grad:
+            return value, None, None
+        # the bucket's log-mass is log(U + D), U the unmatched probabilities' sum and D = 1 − e^π the deficit:
+        # ∂/∂log p_j = p_j / (U + D) on an unmatched column, ∂/∂π = −e^π / (U + D)
+        per_rest = torch.where(s_rest > 0, grad_bucket / s_rest, 0.0).squeeze(-1).mul_(w_m)
+        grad_rest = grad_unmatched.mul_(w_u).add_(per_rest.unsqueeze(-1)).mul_(s_rest_probs)
+        return value, (grad_matched.mul_(w_m), grad_rest), per_rest.mul_(student.log_mass.exp()).neg_()
 
-    units = _units(
-        pair, student_logits, teacher_logits, mask, alignment, merge, temperature, teacher_temperature, chunk_size
-    )
+    units = _units(pair, student_logits, teacher_logits, mask, alignment, merge, temperature, teacher_temperature,
+                   chunk_size, parts=((s_matched, s_unmatched), (t_matched, t_unmatched)))
     loss = reduce_units(units.values, reduction, num_items_in_batch, units.batch, units.index, units.layout)
     values = units.values.detach().new_zeros(units.values.numel(), 2)
     for unit_ids, part_values in collected:
@@ -152,6 +164,17 @@ def gold(
         for i in range(2)
     )
     return GoldLoss(loss, matched, unmatched, w_m, w_u)
+
+
+def _rest_mass(rest_probs: torch.Tensor, log_mass: torch.Tensor) -> torch.Tensor:
+    """`[u, 1]`: a merged row's mass outside the matched columns, U + D: its unmatched probabilities' sum, plus the
+    deficit D = 1 − e^π of a merged group (0 for one token). Sums of non-negative terms: no cancellation."""
+    deficit = torch.expm1(log_mass).neg_().clamp_(min=0.0)
+    return rest_probs.sum(-1).add_(deficit).unsqueeze(-1)
+
+
+def _floored_log(x: torch.Tensor) -> torch.Tensor:
+    return x.log().clamp_(min=torch.finfo(x.dtype).min)
 
 
 def _gold_weights(matched_weight, unmatched_weight, vocab_map: VocabMap, teacher_logits) -> tuple[float, float]:

@@ -66,8 +66,9 @@ class _InteriorJSD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta: float) -> torch.Tensor:
         s, t = student_logp.exp(), teacher_logp.exp()
-        log_m = (t * beta).add_(s, alpha=1.0 - beta).log_()
-        s_terms, t_terms = _mass_log_ratio(s, student_logp, log_m), _mass_log_ratio(t, teacher_logp, log_m)
+        s_terms, t_terms = _interior_terms(student_logp, s, teacher_logp, t, beta)
+        s_terms.masked_fill_(s == 0, 0.0)
+        t_terms.masked_fill_(t == 0, 0.0)
         ctx.beta = beta
         ctx.save_for_backward(s_terms if ctx.needs_input_grad[0] else None,
                               t_terms if ctx.needs_input_grad[1] else None)
@@ -81,9 +82,35 @@ class _InteriorJSD(torch.autograd.Function):
                 None if t_terms is None else t_terms * (ctx.beta * scale), None)
 
 
-def _mass_log_ratio(p: torch.Tensor, logp: torch.Tensor, log_m: torch.Tensor) -> torch.Tensor:
-    """p·(log p − log M) elementwise, 0 where p = 0 (where log p = −inf)."""
-    return (logp - log_m).mul_(p).masked_fill_(p == 0, 0.0)
+def _interior_terms(student_logp, student_p, teacher_logp, teacher_p, beta: float):
+    """`s·(log s − log M)` and `t·(log t − log M)` elementwise, `M = β·t + (1−β)·s` (log M floored at the most
+    negative finite value). Entries with `p = 0` and `log p = −inf` come out NaN: callers zero or avoid them."""
+    log_m = (teacher_p * beta).add_(student_p, alpha=1.0 - beta).log_().clamp_(min=torch.finfo(student_p.dtype).min)
+    return (student_logp - log_m).mul_(student_p), (teacher_logp - log_m).mul_(teacher_p)
+
+
+def jsd_and_grad(student_logp: torch.Tensor, student_p: torch.Tensor, teacher_logp: torch.Tensor,
+                 teacher_p: torch.Tensor, beta: float, want_grad: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`jsd_rows` `[n]` and its gradient w.r.t. the student log-probabilities `[n, C]`, in closed form, from both
+    sides' log-probabilities (finite: floored, not −inf) and probabilities. Entries are taken as they are (a
+    sub-normalised row, or one part of a row's columns, is summed as given), so a row's value is the sum over
+    any split of its columns:
+
+        0 < β < 1:  J = β·Σ t (log t − log M) + (1−β)·Σ s (log s − log M),   ∂J/∂log s = (1−β)·s·(log s − log M)
+        β = 0:      J = Σ t (log t − log s),                                 ∂J/∂log s = −t
+        β = 1:      J = Σ s (log s − log t),                                 ∂J/∂log s = s·(log s − log t + 1)
+    """
+    if beta == 0.0:
+        value = (teacher_logp - student_logp).mul_(teacher_p).sum(-1)
+        return value, (teacher_p.neg() if want_grad else None)
+    if beta == 1.0:
+        log_ratio = student_logp - teacher_logp
+        value = (log_ratio * student_p).sum(-1)
+        return value, (log_ratio.add_(1.0).mul_(student_p) if want_grad else None)
+    s_terms, t_terms = _interior_terms(student_logp, student_p, teacher_logp, teacher_p, beta)
+    value = t_terms.sum(-1).mul_(beta).add_(s_terms.sum(-1), alpha=1.0 - beta)
+    return value, (s_terms.mul_(1.0 - beta) if want_grad else None)
 
 
 def skew_kl_rows(student_logp: torch.Tensor, teacher_logp: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 
 import torch
 
-RowFn = Callable[[torch.Tensor], torch.Tensor]
-
 CHUNK_BYTES = 64 * 2**20  # default budget: one float32 [rows, Vs + Vt] temporary of a chunk
 
 
@@ -34,13 +32,15 @@ class Chunk:
     positions: `[n]` long, row indices into `student_logits.view(-1, V)`.
     units: `[u]` long, which units this chunk computes.
     row_unit: `[n]` long, the unit each row belongs to (for scaling the gradient in backward).
-    fn: maps the gathered rows `[n, V]` to the losses of `units`, `[u]`.
+    fn: maps the gathered rows `[n, V]` to the losses of `units`, `[u]` (differentiated by autograd); or, with
+        `closed_form`, `fn(rows, needs_grad)` returns `(losses [u], d(Σ losses)/d rows [n, V] or None)` itself.
     """
 
     positions: torch.Tensor
     units: torch.Tensor
     row_unit: torch.Tensor
-    fn: RowFn
+    fn: Callable
+    closed_form: bool = False
 
 
 class _ChunkedRowLoss(torch.autograd.Function):
@@ -55,19 +55,22 @@ class _ChunkedRowLoss(torch.autograd.Function):
         row_unit = torch.full((n_rows,), -1, dtype=torch.long, device=device) if needs_grad else None
         for chunk in chunks():
             rows = rows_at(logits, chunk.positions)
-            if needs_grad:
+            if chunk.closed_form:
+                per_unit, row_grad = chunk.fn(rows, needs_grad)
+            elif needs_grad:
                 rows.requires_grad_(True)
                 with torch.enable_grad():
                     per_unit = chunk.fn(rows)
                     (row_grad,) = torch.autograd.grad(per_unit.sum(), rows)
-                grad.index_copy_(0, chunk.positions, row_grad.to(grad.dtype))
-                row_unit.index_copy_(0, chunk.positions, chunk.row_unit)
             else:
                 with torch.no_grad():
                     per_unit = chunk.fn(rows)
+            if needs_grad:
+                grad.index_copy_(0, chunk.positions, row_grad.to(grad.dtype))
+                row_unit.index_copy_(0, chunk.positions, chunk.row_unit)
             out.index_copy_(0, chunk.units, per_unit.detach().to(out.dtype))
         if needs_grad:
-            grad[row_unit < 0] = 0
+            grad.index_fill_(0, (row_unit < 0).nonzero().squeeze(-1), 0)  # only the rows no unit reads
             # kept as plain attributes (not save_for_backward) so backward can drop its reference and hand the
             # buffer itself to autograd as the gradient, instead of autograd copying it
             ctx.grad, ctx.row_unit, ctx.logits_shape = grad, row_unit, student_logits.shape

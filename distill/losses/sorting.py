@@ -131,35 +131,56 @@ def _above_edge(x: torch.Tensor, coarsen: int) -> torch.Tensor:
     return x - (x.view(bits) & -(1 << _low_bits(x.dtype, coarsen))).view(x.dtype)
 
 
+def sorted_l1_and_grad(student_probs: torch.Tensor, teacher_probs: torch.Tensor, want_grad: bool = True
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`sorted_l1_rows` `[n]` and, if `want_grad`, its gradient w.r.t. the student probabilities `[n, Vs]`
+    (the teacher is a constant). From value bins where `sorted_l1_rows` uses them, else through a sort."""
+    if _binnable(student_probs, teacher_probs.detach()):
+        return _binned(student_probs.detach(), teacher_probs.detach(), want_grad)
+    if not want_grad:
+        with torch.no_grad():
+            return _by_sorting(student_probs, teacher_probs.detach()), None
+    with torch.enable_grad():
+        student = student_probs.detach().requires_grad_(True)
+        value = _by_sorting(student, teacher_probs.detach())
+        (grad,) = torch.autograd.grad(value.sum(), student)
+    return value.detach(), grad
+
+
+def _binned(s: torch.Tensor, t: torch.Tensor, want_signs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The binned distance `[n]` and, if `want_signs`, its gradient w.r.t. the student entries `[n, Vs]`."""
+    s, t = s.contiguous(), t.contiguous()
+    (s_lo, s_hi), (t_lo, t_hi) = (map(int, torch.aminmax(_bin_keys(x))) for x in (s, t))
+    if min(s_lo, t_lo) < 0:  # the sign bit
+        side = "student" if s_lo < 0 else "teacher"
+        raise ValueError(f"sorted_l1_rows takes probabilities: the {side} rows hold negative values")
+    raw_hi = max(s_hi, t_hi)
+    coarsen = _coarsening(raw_hi - min(s_lo, t_lo) + 1, s.shape[1] + t.shape[1])
+    key_lo, key_hi = min(s_lo, t_lo) >> coarsen, raw_hi >> coarsen
+    width = key_hi - key_lo + 1
+    edges = _edges(torch.arange(key_lo, key_hi + 2), s.dtype, coarsen)
+    edges.nan_to_num_(nan=torch.finfo(s.dtype).max, posinf=torch.finfo(s.dtype).max)  # inf/NaN: empty bins
+    value = torch.empty(s.shape[0], dtype=torch.float64)
+    signs = torch.empty_like(s) if want_signs else None
+    block = max(1, TABLE_CELLS // width)
+    for start in range(0, s.shape[0], block):
+        rows = slice(start, start + block)
+        value[rows] = _binned_rows(s[rows], t[rows], (key_lo, coarsen), edges, None if signs is None else signs[rows])
+    inf_key = int(_bin_keys(torch.tensor([torch.inf], dtype=s.dtype))[0])
+    if raw_hi >= inf_key:  # rows with inf or NaN entries get NaN
+        bad = (_bin_keys(s) >= inf_key).any(-1) | (_bin_keys(t) >= inf_key).any(-1)
+        value[bad] = torch.nan
+        if signs is not None:
+            signs[bad] = torch.nan
+    return value.to(s.dtype), signs
+
+
 class _BinnedSortedL1(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
-        s, t = student_probs.detach().contiguous(), teacher_probs.detach().contiguous()
-        (s_lo, s_hi), (t_lo, t_hi) = (map(int, torch.aminmax(_bin_keys(x))) for x in (s, t))
-        if min(s_lo, t_lo) < 0:  # the sign bit
-            side = "student" if s_lo < 0 else "teacher"
-            raise ValueError(f"sorted_l1_rows takes probabilities: the {side} rows hold negative values")
-        raw_hi = max(s_hi, t_hi)
-        coarsen = _coarsening(raw_hi - min(s_lo, t_lo) + 1, s.shape[1] + t.shape[1])
-        key_lo, key_hi = min(s_lo, t_lo) >> coarsen, raw_hi >> coarsen
-        width = key_hi - key_lo + 1
-        edges = _edges(torch.arange(key_lo, key_hi + 2), s.dtype, coarsen)
-        edges.nan_to_num_(nan=torch.finfo(s.dtype).max, posinf=torch.finfo(s.dtype).max)  # inf/NaN: empty bins
-        value = torch.empty(s.shape[0], dtype=torch.float64)
-        signs = torch.empty_like(s) if ctx.needs_input_grad[0] else None
-        block = max(1, TABLE_CELLS // width)
-        for start in range(0, s.shape[0], block):
-            rows = slice(start, start + block)
-            value[rows] = _binned_rows(s[rows], t[rows], (key_lo, coarsen), edges,
-                                       None if signs is None else signs[rows])
-        inf_key = int(_bin_keys(torch.tensor([torch.inf], dtype=s.dtype))[0])
-        if raw_hi >= inf_key:  # rows with inf or NaN entries get NaN
-            bad = (_bin_keys(s) >= inf_key).any(-1) | (_bin_keys(t) >= inf_key).any(-1)
-            value[bad] = torch.nan
-            if signs is not None:
-                signs[bad] = torch.nan
+        value, signs = _binned(student_probs.detach(), teacher_probs.detach(), ctx.needs_input_grad[0])
         ctx.save_for_backward(signs)
-        return value.to(s.dtype)
+        return value
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):

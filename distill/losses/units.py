@@ -1,9 +1,10 @@
 """The two kinds of scored units, evaluated chunk by chunk through `engine.chunked_row_loss`.
 
 - `token_units`: one unit per masked target position; the teacher signal is read at the same position
-  (same tokenizer, or positions aligned by the caller).
+  (same tokenizer, or positions aligned by the caller). The row loss is differentiated by autograd.
 - `group_units`: one unit per aligned span group (`AlignedGroups`); each side's rows in a group are merged
-  into one distribution (`align.merge_span_log_probs`) before the row loss compares them.
+  into one distribution (`merged_rows.MergedRows`, split into column parts) and the row loss returns its own
+  gradient (closed form), which `MergedRows.logits_grad` carries back to the logits.
 
 Both return `UnitLosses`: the `[N]` losses, and where each unit sits in `[B, L]` for `reduction="none"`.
 """
@@ -15,12 +16,18 @@ from dataclasses import dataclass
 
 import torch
 
-from distill.align.merge import MergeStrategy, check_strategy, merge_span_log_probs
+from distill.align.merge import MergeStrategy, check_strategy
 from distill.align.spans import AlignedGroups
 from distill.losses.engine import Chunk, chunk_slices, chunked_row_loss, log_probs, rows_at
+from distill.losses.merged_rows import MergedRows
 
 # (student rows' log-probs [u, Vs], teacher rows [u, ...], unit ids [u]) -> losses [u]
 PairFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (student, teacher merged rows, unit ids [u], needs_grad) ->
+#     (losses [u], ∂Σlosses/∂ student.log_probs per part or None, ∂Σlosses/∂ student.log_mass beyond them or None)
+GroupPairFn = Callable[[MergedRows, MergedRows, torch.Tensor, bool],
+                       tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, torch.Tensor | None]]
+Parts = tuple[torch.Tensor | None, ...]
 
 
 @dataclass
@@ -68,7 +75,7 @@ def _sorted_members(group: torch.Tensor, num_groups: int):
 
 
 def group_units(
-    pair_fn: PairFn,
+    pair_fn: GroupPairFn,
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     alignment: AlignedGroups,
@@ -77,8 +84,10 @@ def group_units(
     temperature: float,
     teacher_temperature: float,
     chunk_size: int,
+    parts: tuple[Parts, Parts] = ((None,), (None,)),
 ) -> UnitLosses:
-    """One unit per span group with tokens on both sides; rows merged per group with `merge`."""
+    """One unit per span group with tokens on both sides; rows merged per group with `merge`, their columns taken
+    in `parts` (student's, teacher's: index tensors covering each vocabulary once, or `(None,)` for all)."""
     check_strategy(merge)
     _check_alignment(alignment, student_logits, teacher_logits, mask)
     batch = student_logits.shape[0]
@@ -98,6 +107,7 @@ def group_units(
     t_start = torch.cat([t_unit.new_zeros(1), torch.cumsum(t_count[scored], 0)])
     s_ids = alignment.student_ids.reshape(-1)
     t_ids = alignment.teacher_ids.reshape(-1)
+    s_parts, t_parts = parts
 
     def chunks():
         for part in chunk_slices(num_units, chunk_size):
@@ -106,21 +116,28 @@ def group_units(
             units = torch.arange(part.start, part.stop, device=s_pos.device)
             s_local = s_unit[s_rows] - part.start
             t_local = t_unit[t_rows] - part.start
-            teacher = merge_span_log_probs(
-                log_probs(rows_at(teacher_logits.detach(), t_pos[t_rows]), teacher_temperature),
-                t_ids[t_pos[t_rows]], t_local, merge,
-            )
+            teacher = MergedRows(rows_at(teacher_logits.detach(), t_pos[t_rows]), t_ids[t_pos[t_rows]], t_local,
+                                 merge, t_parts, teacher_temperature)
             s_realised = s_ids[s_pos[s_rows]]
 
-            def fn(rows, teacher=teacher, s_local=s_local, s_realised=s_realised, units=units):
-                student = merge_span_log_probs(log_probs(rows, temperature), s_realised, s_local, merge)
-                return pair_fn(student, teacher, units)
+            def fn(rows, needs_grad, teacher=teacher, s_local=s_local, s_realised=s_realised, units=units):
+                student = MergedRows(rows, s_realised, s_local, merge, s_parts, temperature)
+                losses, grad_log_probs, grad_log_mass = pair_fn(student, teacher, units, needs_grad)
+                return losses, (student.logits_grad(grad_log_probs, grad_log_mass) if needs_grad else None)
 
-            yield Chunk(s_pos[s_rows], units, s_unit[s_rows], fn)
+            yield Chunk(s_pos[s_rows], units, s_unit[s_rows], fn, closed_form=True)
 
     values = chunked_row_loss(student_logits, num_units, chunks)
     groups = scored.nonzero().squeeze(-1)
     return UnitLosses(values, groups // num_groups, groups % num_groups, (batch, max(num_groups, 1)))
+
+
+def one_group_per_position(mask: torch.Tensor) -> AlignedGroups:
+    """Positions paired one to one (same `[B, T]` on both sides) as span groups of one token each: group `g` of
+    sample `b` is its `g`-th masked position."""
+    group = torch.where(mask, mask.long().cumsum(-1) - 1, torch.full_like(mask, -1, dtype=torch.long))
+    ids = torch.zeros_like(group)
+    return AlignedGroups(group, group, ids, ids)
 
 
 def _check_alignment(alignment: AlignedGroups, student_logits, teacher_logits, mask) -> None:
