@@ -64,6 +64,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 import trl  # noqa: E402
 
+from distill.cpu_memory import keep_freed_memory  # noqa: E402
 from distill.data.tokenizers import load_tokenizer  # noqa: E402
 from distill.trainer import DistillConfig, DistillTrainer, LambdaSchedule  # noqa: E402
 
@@ -168,6 +169,7 @@ class Setup:
     lr: float
     seed: int
     gpu: bool
+    keep_freed_memory: bool
 
 
 def common_args(s: Setup, name: str) -> dict:
@@ -186,7 +188,8 @@ def run_ours(s: Setup, profile: bool) -> Clock:
     student = llama(student_tok, *s.student_dims, seed=s.seed)
     teacher = llama(teacher_tok, *s.teacher_dims, seed=s.seed + 1)
     config = DistillConfig(**common_args(s, "ours"), method="gold", merge="bayesian", max_new_tokens=s.max_new_tokens,
-                           generation_temperature=s.temperature, top_p=1.0, top_k=0, loss_temperature=1.0)
+                           generation_temperature=s.temperature, top_p=1.0, top_k=0, loss_temperature=1.0,
+                           keep_freed_cpu_memory=s.keep_freed_memory)
     clock = Clock(s.gpu)
     OurBench.clock = clock
     data = datasets.Dataset.from_list(s.rows)
@@ -326,6 +329,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="ours/TRL run pairs, alternated (default 2; quick and gpu 1)")
     parser.add_argument("--only", choices=("both", "ours", "trl"), default="both")
     parser.add_argument("--profile", action="store_true", help="cProfile each run (slows both; not for timing)")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="CPU: 'keep' = glibc keeps freed memory for reuse (distill.cpu_memory, what "
+                             "DistillTrainer sets by default), set once for every run (ours, TRL, floor); "
+                             "'default' = glibc's own policy, also for our trainer")
     args = parser.parse_args()
     if args.gpu and not torch.cuda.is_available():
         sys.exit("--gpu: CUDA is not available on this machine")
@@ -333,6 +340,7 @@ def main() -> None:
     args.repeats = args.repeats or (2 if size == "full" else 1)
     if args.threads or not args.gpu:
         torch.set_num_threads(args.threads or 1)
+    keep_memory = args.malloc == "keep" and not args.gpu and keep_freed_memory()
     defaults = {"quick": (3, 1, 2, 16), "full": (20, 2, 8, 64), "gpu": (30, 2, 16, 128)}[size]
     args.steps = args.steps or defaults[0]
     args.warmup = defaults[1] if args.warmup is None else args.warmup
@@ -347,7 +355,7 @@ def main() -> None:
     rows = demo_rows(n_rows, args.seed) if args.data == "demo" else code_rows(student_tok, n_rows, args.max_new_tokens,
                                                                                args.seed)
     setup = Setup(s_path, t_path, rows, student_dims, teacher_dims, args.batch, args.steps, args.warmup, args.lmbda,
-                  args.max_new_tokens, args.temperature, args.lr, args.seed, args.gpu)
+                  args.max_new_tokens, args.temperature, args.lr, args.seed, args.gpu, keep_memory)
     total = args.warmup + args.steps
     schedule = LambdaSchedule(args.lmbda, seed=args.seed)
     pattern = [schedule.on_policy(step, 0) for step in range(total)]  # GA=1: one micro-batch, index 0
@@ -359,6 +367,8 @@ def main() -> None:
           f"tokenizers {tokenizers.__version__}, datasets {datasets.__version__}, python {platform.python_version()}")
     precision = "cuda bf16" if args.gpu else "cpu fp32"
     print(f"device {precision}, {device}, torch threads {torch.get_num_threads()}, os.cpu_count {os.cpu_count()}")
+    print("allocator: " + ("glibc keeps freed memory (distill.cpu_memory), for all runs" if keep_memory
+                           else "glibc default policy, for all runs"))
     print(f"student: byte-level BPE {len(student_tok)} pieces (digits split), Llama hidden {student_dims[0]} x "
           f"{student_dims[1]} layers, {n_params(s_model)} params")
     print(f"teacher: byte-level BPE {len(teacher_tok)} pieces (digit runs), Llama hidden {teacher_dims[0]} x "

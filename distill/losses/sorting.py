@@ -107,16 +107,6 @@ def _edges(keys: torch.Tensor, dtype: torch.dtype, coarsen: int) -> torch.Tensor
     return (keys.to(torch.int64) << _low_bits(dtype, coarsen)).view(torch.float64)
 
 
-def _offset_difference(s: torch.Tensor, t: torch.Tensor, s_index: torch.Tensor, t_index: torch.Tensor,
-                       edges: torch.Tensor, coarsen: int) -> torch.Tensor:
-    """Σ_S (p − lo_k) − Σ_T (p − lo_k) per row and bin, float64 (see `_above_edge` for the units)."""
-    in_steps = _offsets_in_steps(s.dtype, coarsen)
-    table = torch.zeros(s.shape[0], edges.numel() - 1, dtype=torch.float32 if in_steps else s.dtype)
-    table.scatter_add_(1, s_index, _above_edge(s, coarsen))
-    table.scatter_add_(1, t_index, _above_edge(t, coarsen).neg_())
-    return table.double() * (edges.diff() / 65536) if in_steps else table.double()
-
-
 def _offsets_in_steps(dtype: torch.dtype, coarsen: int) -> bool:
     """Offsets are counted in 2¹⁶ steps of the bin width (uncoarsened float32) rather than summed as values."""
     return dtype == torch.float32 and coarsen == 0
@@ -195,49 +185,62 @@ def _binned_rows(
     `keys`: the lowest bin key and the bits dropped from the 16-bit keys; `edges`: the bins' edges.
 
     Counts are float32 (exact: every partial sum is an integer below 2²⁴). Every entry lies in some bin, so the
-    counts above bin k are `A = V − cumsum(c)_k`, and `D` just below the bin's top is
-    `d_top = A_S − A_T = (Vs − Vt) − cumsum(c_S − c_T)_k`; the bin is clean iff `d_top ≥ c_T` (D ≥ 0 on it) or
-    `d_top ≤ −c_S` (D ≤ 0).
+    counts above bin k are `A = V − B`, with `B = cumsum(c)_k` the entries in bins ≤ k, and `D` just below the
+    bin's top is `d_top = A_S − A_T = (Vs − Vt) − (B_S − B_T)`; the bin is clean iff `d_top ≥ c_T` (D ≥ 0 on it)
+    or `d_top ≤ −c_S` (D ≤ 0).
     """
     (key_lo, coarsen), n, width = keys, s.shape[0], edges.numel() - 1
-    lo, hi = edges[:-1], edges[1:]
-    indices, counts = [], []
+    indices, counts, below = [], [], []
     for x in (s, t):
-        index = _bin_keys(x).long()
-        if coarsen:
-            index >>= coarsen
-        index -= key_lo
+        index = _bin_index(x, key_lo, coarsen)
+        count = torch.zeros(n, width).scatter_add_(1, index, torch.ones(1).expand(index.shape))
         indices.append(index)
-        counts.append(torch.zeros(n, width).scatter_add_(1, index, torch.ones(1).expand(index.shape)))
-    (s_index, t_index), (s_count, t_count) = indices, counts
-    d_top = (s_count - t_count).cumsum_(-1).neg_().add_(s.shape[1] - t.shape[1])
+        counts.append(count)
+        below.append(count.cumsum(-1))
+    (s_index, t_index), (s_count, t_count), (s_below, t_below) = indices, counts, below
+    d_top = torch.sub(t_below, s_below).add_(s.shape[1] - t.shape[1])
     positive = d_top >= t_count  # D ≥ 0 on the whole bin
-    negative = d_top <= s_count.neg()  # D ≤ 0 on the whole bin
+    negative = d_top <= s_count.neg_()  # D ≤ 0 on the whole bin (s_count is not needed after this)
     clean = positive | negative
-    integral = d_top.double().mul_(hi - lo).add_(_offset_difference(s, t, s_index, t_index, edges, coarsen))
-    value = integral.abs_().mul_(clean).sum(-1)  # ∫ |D| over the clean bins
-    value += abs(s.shape[1] - t.shape[1]) * float(lo[0])  # [0, lowest edge): only the padding differs
+    value = _clean_integral(d_top, clean, s, t, s_index, t_index, edges, coarsen)  # ∫ |D| over the clean bins
+    value += abs(s.shape[1] - t.shape[1]) * float(edges[0])  # [0, lowest edge): only the padding differs
     mixed = clean.logical_not_()
-    if float(s_count.add(t_count).mul_(mixed).sum()) > MAX_MIXED_SHARE * (s.numel() + t.numel()):
+    if not bool(mixed.any()):
+        if signs_out is not None:
+            torch.gather(positive.to(s.dtype).sub_(negative.to(s.dtype)), 1, s_index, out=signs_out)
+        return value
+    s_at = mixed.gather(1, s_index).view(-1).nonzero().squeeze(1)
+    t_at = mixed.gather(1, t_index).view(-1).nonzero().squeeze(1)
+    if s_at.numel() + t_at.numel() > MAX_MIXED_SHARE * (s.numel() + t.numel()):
         return _sorted_block(s, t, signs_out)
     if signs_out is not None:
         torch.gather(positive.to(s.dtype).sub_(negative.to(s.dtype)), 1, s_index, out=signs_out)  # 0: mixed bin
-    if not bool(mixed.any()):
-        return value
-    if signs_out is not None:
-        s_at = (signs_out == 0).view(-1).nonzero().squeeze(1)
-    else:
-        s_at = mixed.gather(1, s_index).view(-1).nonzero().squeeze(1)
-    t_at = mixed.gather(1, t_index).view(-1).nonzero().squeeze(1)
-    s_above = s_count.cumsum(-1).neg_().add_(s.shape[1]).double()
-    t_above = t_count.cumsum(-1).neg_().add_(t.shape[1]).double()
     mixed_part, student_signs = _mixed_bins(
-        s, t, s_at, t_at, s_index, t_index, (s_above, t_above, lo, hi), signs_out is not None
+        s, t, s_at, t_at, s_index, t_index, (d_top, s_below, t_below, edges), signs_out is not None
     )
     value += mixed_part
     if signs_out is not None:
         signs_out.view(-1)[s_at] = student_signs
     return value
+
+
+def _bin_index(x: torch.Tensor, key_lo: int, coarsen: int) -> torch.Tensor:
+    """Each entry's bin, 0-based from the lowest bin key, as the int64 index `scatter_add_` takes."""
+    index = torch.sub(_bin_keys(x), key_lo << coarsen).long()  # in int16: keys of non-negative floats are ≥ 0
+    return index.bitwise_right_shift_(coarsen) if coarsen else index
+
+
+def _clean_integral(d_top, clean, s, t, s_index, t_index, edges, coarsen) -> torch.Tensor:
+    """Σ over the clean bins of |∫ D dx| = |(hi − lo)·d_top + Σ_S (p − lo) − Σ_T (p − lo)|, per row, float64."""
+    bin_width = edges.diff()
+    offsets = torch.zeros(s.shape[0], bin_width.numel(), dtype=torch.float32 if _offsets_in_steps(s.dtype, coarsen)
+                          else s.dtype)
+    offsets.scatter_add_(1, s_index, _above_edge(s, coarsen))
+    offsets.scatter_add_(1, t_index, _above_edge(t, coarsen).neg_())
+    if _offsets_in_steps(s.dtype, coarsen):  # offsets in steps of (hi − lo) / 2¹⁶: ∫ D = (hi − lo)·(d_top + o/2¹⁶)
+        per_width = offsets.double().mul_(2.0**-16).add_(d_top)
+        return per_width.abs_().mul_(clean).mv(bin_width)
+    return d_top.double().mul_(bin_width).add_(offsets).abs_().mul_(clean).sum(-1)
 
 
 def _sorted_block(s: torch.Tensor, t: torch.Tensor, signs_out: torch.Tensor | None) -> torch.Tensor:
@@ -274,7 +277,8 @@ def _mixed_bins(s, t, s_at, t_at, s_index, t_index, tables, want_signs: bool):
     D on the gap above an entry is D at the bin's top plus the student entries after it minus the teacher
     entries after it; below the bin's lowest entry it is D at the top plus all of the bin's entries.
     """
-    s_above, t_above, lo, hi = tables
+    d_top_table, s_below, t_below, edges = tables
+    lo, hi = edges[:-1], edges[1:]
     width = lo.numel()
     values = torch.cat([s.view(-1)[s_at], t.view(-1)[t_at]])
     rows = torch.cat([s_at // s.shape[1], t_at // t.shape[1]])
@@ -289,7 +293,7 @@ def _mixed_bins(s, t, s_at, t_at, s_index, t_index, tables, want_signs: bool):
     s_cum, t_cum = is_s.cumsum(0), (~is_s).cumsum(0)  # int64 running counts
     seg_end = seg_last.nonzero().squeeze(1)[seg_start.cumsum(0) - 1]  # each entry's segment's last position
     s_after, t_after = s_cum[seg_end] - s_cum, t_cum[seg_end] - t_cum  # that side's entries after each, same bin
-    d_top = (s_above - t_above).view(-1)[seg]
+    d_top = d_top_table.view(-1)[seg].double()
     d_below = d_top + (s_after - t_after)  # D on the gap above each entry
     gap_top = torch.where(seg_last, hi[bins], torch.roll(values, -1))
     per_entry = d_below.abs() * (gap_top - values)
@@ -306,9 +310,9 @@ def _mixed_bins(s, t, s_at, t_at, s_index, t_index, tables, want_signs: bool):
     tie_last[-1] = True
     tie_id = tie_start.cumsum(0) - 1
     first, last = tie_start.nonzero().squeeze(1)[tie_id[mine]], tie_last.nonzero().squeeze(1)[tie_id[mine]]
-    a = s_above.view(-1)[seg[mine]] + s_after[last]  # student entries above the value
+    a = (s.shape[1] - s_below.view(-1)[seg[mine]]).double() + s_after[last]  # student entries above the value
     e = a + (s_cum[last] - s_cum[first] + is_s[first])  # ... at or above it: the tie class holds ranks (a, e]
-    t_gt = t_above.view(-1)[seg[mine]] + t_after[last]  # teacher entries above it
+    t_gt = (t.shape[1] - t_below.view(-1)[seg[mine]]).double() + t_after[last]  # teacher entries above it
     t_ge = t_gt + (t_cum[last] - t_cum[first] + (~is_s[first]))
     plus = (e - torch.maximum(a, t_ge)).clamp(min=0)  # its ranks r where p_T↓(r) < v
     minus = (torch.minimum(e, t_gt) - a).clamp(min=0)  # ... where p_T↓(r) > v

@@ -40,6 +40,9 @@ class DistillConfig(TrainingArguments):
     top_k: int = field(default=0)
     teacher_cache: str | None = field(default=None, metadata={"help": "offline top-k teacher cache (directory)"})
     loss_chunk_size: int | None = field(default=None, metadata={"help": "rows per loss chunk (None: automatic)"})
+    keep_freed_cpu_memory: bool = field(default=True, metadata={
+        "help": "CPU runs: glibc keeps freed memory for reuse instead of page-faulting fresh logits-sized buffers "
+                "every step (distill.cpu_memory; process-wide)"})
     remove_unused_columns: bool = field(default=False)
 
     def __post_init__(self) -> None:

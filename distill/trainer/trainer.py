@@ -21,6 +21,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from distill.align import VocabMap
+from distill.cpu_memory import keep_freed_memory
 from distill.teacher import TeacherCache
 from distill.trainer.batch import BatchBuilder, DistillBatch
 from distill.trainer.config import DistillConfig
@@ -81,6 +82,8 @@ class DistillTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, data_collator=list, callbacks=callbacks, **kwargs)
         self.loss_is_scaled_for_ga = False  # our loss is a per-micro-batch mean: Trainer divides by GA steps
+        if args.keep_freed_cpu_memory and self.args.device.type == "cpu":
+            keep_freed_memory()
         self.teacher = teacher_model
         if self.teacher is not None:
             self.teacher.eval().requires_grad_(False)
