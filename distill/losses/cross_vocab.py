@@ -136,7 +136,7 @@ def gold(
 
     def pair(student: MergedRows, teacher: MergedRows, units, needs_grad: bool):
         (s, s_rest_probs), (t, t_rest_probs) = student.probs, teacher.probs
-        s_logp, t_logp = student.log_probs(0), teacher.log_probs(0)
+        s_logp, t_logp = student.log_probs(0), teacher.log_probs(0, exact=False)
         s_rest, t_rest = _rest_mass(s_rest_probs, student.log_mass), _rest_mass(t_rest_probs, teacher.log_mass)
         matched, grad_matched = div.jsd_and_grad(s_logp, s, t_logp, t, beta, needs_grad)
         bucket, grad_bucket = div.jsd_and_grad(_floored_log(s_rest), s_rest, _floored_log(t_rest), t_rest, beta,

@@ -64,10 +64,15 @@ class MergedRows:
     def _at_base(self, rows: torch.Tensor) -> torch.Tensor:
         return rows if self._base is None else rows.index_select(0, self._base)
 
-    def log_probs(self, part: int) -> torch.Tensor:
+    def log_probs(self, part: int, exact: bool = True) -> torch.Tensor:
         """`[u, C_part]`: the merged log-probabilities on a part's columns, floored at the most negative finite
         value (a banned token's −inf would make 0·(−inf) = NaN in the divergences; the floor gives the same
-        probability 0 and finite products)."""
+        probability 0 and finite products). `exact`: `y_b − lse + π` from the logits (a column gather); else
+        `log(probs[part])`, cheaper, equal up to rounding where the probability is a normal float, and the floor
+        where it underflowed to 0 (fine for a side that is never differentiated: a zero probability weighs 0)."""
+        if not exact:
+            logp = torch.log(self.probs[part])
+            return logp.clamp_(min=torch.finfo(logp.dtype).min)
         cols = self.parts[part]
         base_y = self._at_base(self._y)
         offset = (self.log_mass - self._at_base(self._lse)).unsqueeze(-1)

@@ -45,6 +45,8 @@ ENTRIES_PER_BIN, MIN_BINS = 1, 512
 #: A block whose mixed bins hold more than this share of its entries is done with a row sort instead (nearly
 #: equal distributions cross everywhere; sorting most entries by (row, value) costs more than `torch.sort`).
 MAX_MIXED_SHARE = 0.25
+#: Rows of similar key range share a block of tables; a smaller group joins the next wider one (`_row_blocks`).
+MIN_GROUP_ROWS = 64
 
 
 def sorted_descending(rows: torch.Tensor) -> torch.Tensor:
@@ -140,29 +142,56 @@ def sorted_l1_and_grad(student_probs: torch.Tensor, teacher_probs: torch.Tensor,
 def _binned(s: torch.Tensor, t: torch.Tensor, want_signs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The binned distance `[n]` and, if `want_signs`, its gradient w.r.t. the student entries `[n, Vs]`."""
     s, t = s.contiguous(), t.contiguous()
-    (s_lo, s_hi), (t_lo, t_hi) = (map(int, torch.aminmax(_bin_keys(x))) for x in (s, t))
-    if min(s_lo, t_lo) < 0:  # the sign bit
-        side = "student" if s_lo < 0 else "teacher"
+    (s_lo, s_hi), (t_lo, t_hi) = (torch.aminmax(_bin_keys(x), dim=-1) for x in (s, t))
+    if min(int(s_lo.min()), int(t_lo.min())) < 0:  # the sign bit
+        side = "student" if int(s_lo.min()) < 0 else "teacher"
         raise ValueError(f"sorted_l1_rows takes probabilities: the {side} rows hold negative values")
-    raw_hi = max(s_hi, t_hi)
-    coarsen = _coarsening(raw_hi - min(s_lo, t_lo) + 1, s.shape[1] + t.shape[1])
-    key_lo, key_hi = min(s_lo, t_lo) >> coarsen, raw_hi >> coarsen
-    width = key_hi - key_lo + 1
-    edges = _edges(torch.arange(key_lo, key_hi + 2), s.dtype, coarsen)
-    edges.nan_to_num_(nan=torch.finfo(s.dtype).max, posinf=torch.finfo(s.dtype).max)  # inf/NaN: empty bins
+    row_lo, row_hi = torch.minimum(s_lo, t_lo).int(), torch.maximum(s_hi, t_hi).int()
     value = torch.empty(s.shape[0], dtype=torch.float64)
     signs = torch.empty_like(s) if want_signs else None
-    block = max(1, TABLE_CELLS // width)
-    for start in range(0, s.shape[0], block):
-        rows = slice(start, start + block)
-        value[rows] = _binned_rows(s[rows], t[rows], (key_lo, coarsen), edges, None if signs is None else signs[rows])
+    for rows, coarsen in _row_blocks(row_hi - row_lo + 1, s.shape[1] + t.shape[1]):
+        key_lo = row_lo[rows] >> coarsen
+        width = int(((row_hi[rows] >> coarsen) - key_lo).max()) + 1
+        edges = _edges(key_lo.unsqueeze(1) + torch.arange(width + 1, dtype=torch.int32), s.dtype, coarsen)
+        edges.nan_to_num_(nan=torch.finfo(s.dtype).max, posinf=torch.finfo(s.dtype).max)  # inf/NaN: empty bins
+        if rows.numel() == s.shape[0]:  # one block: no row gather
+            value[:] = _binned_rows(s, t, (key_lo, coarsen), edges, signs)
+            continue
+        block_signs = None if signs is None else s.new_empty(rows.numel(), s.shape[1])
+        value[rows] = _binned_rows(s.index_select(0, rows), t.index_select(0, rows), (key_lo, coarsen), edges,
+                                   block_signs)
+        if signs is not None:
+            signs.index_copy_(0, rows, block_signs)
     inf_key = int(_bin_keys(torch.tensor([torch.inf], dtype=s.dtype))[0])
-    if raw_hi >= inf_key:  # rows with inf or NaN entries get NaN
-        bad = (_bin_keys(s) >= inf_key).any(-1) | (_bin_keys(t) >= inf_key).any(-1)
+    if int(row_hi.max()) >= inf_key:  # rows with inf or NaN entries get NaN
+        bad = row_hi >= inf_key
         value[bad] = torch.nan
         if signs is not None:
             signs[bad] = torch.nan
     return value.to(s.dtype), signs
+
+
+def _row_blocks(widths: torch.Tensor, entries: int):
+    """Blocks of rows with their bits dropped: `(row indices [b], coarsen)`. Each row's bins start at its own
+    lowest key, so a table is as wide as its block's widest key range. Rows are grouped by the bit length of
+    that range, so one merged row spanning 70 octaves does not widen the tables of hundreds spanning 4; a group
+    of fewer than `MIN_GROUP_ROWS` joins the next wider one (each block costs a few dozen small ops). A block
+    holds at most `TABLE_CELLS` cells."""
+    length = torch.floor(torch.log2(widths.double())).int()
+    pending = widths.new_empty(0, dtype=torch.long)
+    lengths = torch.unique(length).tolist()
+    for i, bits in enumerate(lengths):
+        rows = torch.cat([pending, (length == bits).nonzero().squeeze(1)])
+        if rows.numel() < MIN_GROUP_ROWS and i + 1 < len(lengths):
+            pending = rows
+            continue
+        pending = pending[:0]
+        rows = rows.sort().values
+        width = int(widths[rows].max())
+        coarsen = _coarsening(width, entries)
+        block = max(1, TABLE_CELLS // ((width >> coarsen) + 1))
+        for start in range(0, rows.numel(), block):
+            yield rows[start : start + block], coarsen
 
 
 class _BinnedSortedL1(torch.autograd.Function):
@@ -182,14 +211,15 @@ def _binned_rows(
     s: torch.Tensor, t: torch.Tensor, keys: tuple[int, int], edges: torch.Tensor, signs_out: torch.Tensor | None
 ) -> torch.Tensor:
     """The distance of each row `[n]` (float64); writes the gradient signs `[n, Vs]` into `signs_out` if given.
-    `keys`: the lowest bin key and the bits dropped from the 16-bit keys; `edges`: the bins' edges.
+    `keys`: each row's lowest bin key `[n]` and the bits dropped from the 16-bit keys; `edges`: each row's bin
+    edges `[n, width + 1]`.
 
     Counts are float32 (exact: every partial sum is an integer below 2²⁴). Every entry lies in some bin, so the
     counts above bin k are `A = V − B`, with `B = cumsum(c)_k` the entries in bins ≤ k, and `D` just below the
     bin's top is `d_top = A_S − A_T = (Vs − Vt) − (B_S − B_T)`; the bin is clean iff `d_top ≥ c_T` (D ≥ 0 on it)
     or `d_top ≤ −c_S` (D ≤ 0).
     """
-    (key_lo, coarsen), n, width = keys, s.shape[0], edges.numel() - 1
+    (key_lo, coarsen), n, width = keys, s.shape[0], edges.shape[1] - 1
     indices, counts, below = [], [], []
     for x in (s, t):
         index = _bin_index(x, key_lo, coarsen)
@@ -203,7 +233,7 @@ def _binned_rows(
     negative = d_top <= s_count.neg_()  # D ≤ 0 on the whole bin (s_count is not needed after this)
     clean = positive | negative
     value = _clean_integral(d_top, clean, s, t, s_index, t_index, edges, coarsen)  # ∫ |D| over the clean bins
-    value += abs(s.shape[1] - t.shape[1]) * float(edges[0])  # [0, lowest edge): only the padding differs
+    value += abs(s.shape[1] - t.shape[1]) * edges[:, 0]  # [0, lowest edge): only the padding differs
     mixed = clean.logical_not_()
     if not bool(mixed.any()):
         if signs_out is not None:
@@ -224,22 +254,22 @@ def _binned_rows(
     return value
 
 
-def _bin_index(x: torch.Tensor, key_lo: int, coarsen: int) -> torch.Tensor:
-    """Each entry's bin, 0-based from the lowest bin key, as the int64 index `scatter_add_` takes."""
-    index = torch.sub(_bin_keys(x), key_lo << coarsen).long()  # in int16: keys of non-negative floats are ≥ 0
+def _bin_index(x: torch.Tensor, key_lo: torch.Tensor, coarsen: int) -> torch.Tensor:
+    """Each entry's bin, 0-based from its row's lowest bin key `key_lo [n]`, as the int64 index `scatter_add_`
+    takes. The subtraction is done on the int16 keys: both are keys of non-negative floats, ≥ 0."""
+    index = torch.sub(_bin_keys(x), (key_lo << coarsen).to(torch.int16).unsqueeze(1)).long()
     return index.bitwise_right_shift_(coarsen) if coarsen else index
 
 
 def _clean_integral(d_top, clean, s, t, s_index, t_index, edges, coarsen) -> torch.Tensor:
     """Σ over the clean bins of |∫ D dx| = |(hi − lo)·d_top + Σ_S (p − lo) − Σ_T (p − lo)|, per row, float64."""
-    bin_width = edges.diff()
-    offsets = torch.zeros(s.shape[0], bin_width.numel(), dtype=torch.float32 if _offsets_in_steps(s.dtype, coarsen)
-                          else s.dtype)
+    bin_width = edges.diff(dim=-1)
+    offsets = torch.zeros(bin_width.shape, dtype=torch.float32 if _offsets_in_steps(s.dtype, coarsen) else s.dtype)
     offsets.scatter_add_(1, s_index, _above_edge(s, coarsen))
     offsets.scatter_add_(1, t_index, _above_edge(t, coarsen).neg_())
     if _offsets_in_steps(s.dtype, coarsen):  # offsets in steps of (hi − lo) / 2¹⁶: ∫ D = (hi − lo)·(d_top + o/2¹⁶)
         per_width = offsets.double().mul_(2.0**-16).add_(d_top)
-        return per_width.abs_().mul_(clean).mv(bin_width)
+        return per_width.abs_().mul_(clean).mul_(bin_width).sum(-1)
     return d_top.double().mul_(bin_width).add_(offsets).abs_().mul_(clean).sum(-1)
 
 
@@ -278,14 +308,13 @@ def _mixed_bins(s, t, s_at, t_at, s_index, t_index, tables, want_signs: bool):
     entries after it; below the bin's lowest entry it is D at the top plus all of the bin's entries.
     """
     d_top_table, s_below, t_below, edges = tables
-    lo, hi = edges[:-1], edges[1:]
-    width = lo.numel()
+    width = edges.shape[1] - 1
     values = torch.cat([s.view(-1)[s_at], t.view(-1)[t_at]])
     rows = torch.cat([s_at // s.shape[1], t_at // t.shape[1]])
     order = torch.sort((rows << 31) | _order_codes(values)).indices  # by (row, value): one int64 sort
     seg = (rows * width + torch.cat([s_index.view(-1)[s_at], t_index.view(-1)[t_at]]))[order]  # (row, bin)
     values, rows, is_s = values[order].double(), rows[order], order < s_at.numel()
-    bins = seg % width
+    lo_at = seg + rows  # the flat index of each entry's bin's lower edge in `edges [n, width + 1]`
     seg_start = torch.ones_like(is_s)
     seg_start[1:] = seg[1:] != seg[:-1]
     seg_last = torch.roll(seg_start, -1)
@@ -295,10 +324,10 @@ def _mixed_bins(s, t, s_at, t_at, s_index, t_index, tables, want_signs: bool):
     s_after, t_after = s_cum[seg_end] - s_cum, t_cum[seg_end] - t_cum  # that side's entries after each, same bin
     d_top = d_top_table.view(-1)[seg].double()
     d_below = d_top + (s_after - t_after)  # D on the gap above each entry
-    gap_top = torch.where(seg_last, hi[bins], torch.roll(values, -1))
+    gap_top = torch.where(seg_last, edges.view(-1)[lo_at + 1], torch.roll(values, -1))
     per_entry = d_below.abs() * (gap_top - values)
     d_bottom = d_below + torch.where(is_s, 1.0, -1.0)  # at a bin's first entry: all of its entries
-    per_entry += torch.where(seg_start, d_bottom.abs() * (values - lo[bins]), 0.0)
+    per_entry += torch.where(seg_start, d_bottom.abs() * (values - edges.view(-1)[lo_at]), 0.0)
     integral = torch.zeros(s.shape[0], dtype=torch.float64).index_add_(0, rows, per_entry)
     if not want_signs:
         return integral, None
