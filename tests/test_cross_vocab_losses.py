@@ -309,3 +309,26 @@ def test_sorted_l1_coarser_bins_give_the_same_values_and_gradients(dtype, monkey
     exact, want_grad = _sorted_l1_by_autograd(student.double(), teacher.double())
     torch.testing.assert_close(results[1][0].double(), exact)
     assert torch.equal(results[1][1].double(), want_grad)  # no ties here: autograd's gradient exactly
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sorted_l1_finer_bins_give_the_same_values_and_gradients(dtype, monkeypatch):
+    """Nearly flat rows crowd into a few bins and get finer ones (key bits added): same value to round-off, same
+    gradient as with 16-bit keys, and the float64 reference's."""
+    torch.manual_seed(1)
+    student = torch.softmax(torch.randn(5, 3000, dtype=dtype) * 0.05, -1)
+    teacher = torch.softmax(torch.randn(5, 5000, dtype=dtype) * 0.05, -1)
+    results = []
+    for finer_bits in (0, 4):
+        monkeypatch.setattr(losses.sorting, "MAX_FINER_BITS", finer_bits)
+        monkeypatch.setattr(losses.sorting, "ENTRIES_PER_FINE_BIN", 1)
+        ours = student.clone().requires_grad_(True)
+        value = losses.divergences.sorted_l1_rows(ours, teacher)
+        value.sum().backward()
+        results.append((value.detach(), ours.grad))
+    assert losses.sorting._coarsening(60, 8000) == -4
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=4 * torch.finfo(dtype).eps, atol=0)
+    assert torch.equal(results[0][1], results[1][1])
+    exact, want_grad = _sorted_l1_by_autograd(student.double(), teacher.double())
+    torch.testing.assert_close(results[1][0].double(), exact)
+    assert torch.equal(results[1][1].double(), want_grad)

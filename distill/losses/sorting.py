@@ -47,6 +47,11 @@ ENTRIES_PER_BIN, MIN_BINS = 1, 512
 MAX_MIXED_SHARE = 0.25
 #: Rows of similar key range share a block of tables; a smaller group joins the next wider one (`_row_blocks`).
 MIN_GROUP_ROWS = 64
+#: Rows whose values sit in few bins get finer ones (up to `MAX_FINER_BITS` more key bits, while a row keeps at
+#: most one bin per `ENTRIES_PER_FINE_BIN` entries): entries of a bin where the sorted curves cross are sorted,
+#: and nearly flat rows put thousands of entries in such a bin. One bit was 29% faster on the vs_trl bench's
+#: rows, two bits 19% (wider tables): bench/RESULTS.md.
+MAX_FINER_BITS, ENTRIES_PER_FINE_BIN = 1, 16
 
 
 def sorted_descending(rows: torch.Tensor) -> torch.Tensor:
@@ -90,11 +95,22 @@ def _bin_keys(x: torch.Tensor) -> torch.Tensor:
 
 def _coarsening(width: int, entries: int) -> int:
     """Bits dropped from the 16-bit keys (0-7: bins stay within one binade) so a row has at most
-    max(MIN_BINS, entries / ENTRIES_PER_BIN) bins."""
+    max(MIN_BINS, entries / ENTRIES_PER_BIN) bins; or, negative, bits added below them (at most
+    `MAX_FINER_BITS`) while a row keeps at most entries / ENTRIES_PER_FINE_BIN bins."""
     bits = 0
     while bits < 7 and (width >> bits) > max(MIN_BINS, entries // ENTRIES_PER_BIN):
         bits += 1
+    while bits <= 0 and -bits < MAX_FINER_BITS and (width << (1 - bits)) <= entries // ENTRIES_PER_FINE_BIN:
+        bits -= 1
     return bits
+
+
+def _rescale(keys: torch.Tensor, coarsen: int, top: bool = False) -> torch.Tensor:
+    """16-bit keys as keys of the bins with `coarsen` bits dropped (negative: added); `top`: the last fine key
+    inside each coarse one rather than the first."""
+    if coarsen >= 0:
+        return keys >> coarsen
+    return ((keys + 1) << -coarsen) - 1 if top else keys << -coarsen
 
 
 def _low_bits(dtype: torch.dtype, coarsen: int) -> int:
@@ -110,15 +126,18 @@ def _edges(keys: torch.Tensor, dtype: torch.dtype, coarsen: int) -> torch.Tensor
 
 
 def _offsets_in_steps(dtype: torch.dtype, coarsen: int) -> bool:
-    """Offsets are counted in 2¹⁶ steps of the bin width (uncoarsened float32) rather than summed as values."""
-    return dtype == torch.float32 and coarsen == 0
+    """Offsets are counted in steps of 2^-low_bits of the bin width (float32 bins of 16 key bits or finer)
+    rather than summed as values."""
+    return dtype == torch.float32 and coarsen <= 0
 
 
 def _above_edge(x: torch.Tensor, coarsen: int) -> torch.Tensor:
-    """Each entry's height above its bin's lower edge. Uncoarsened float32: its low 16 bits, a count of steps of
-    (hi_k − lo_k) / 2¹⁶, as floats. Otherwise `p − lo` itself, exact (Sterbenz: both in one binade)."""
+    """Each entry's height above its bin's lower edge. Float32 bins of 16 key bits or finer: its low bits, a count
+    of steps of (hi_k − lo_k) / 2^low_bits, as floats. Otherwise `p − lo` itself, exact (Sterbenz: one binade)."""
     if _offsets_in_steps(x.dtype, coarsen):
-        return x.view(torch.uint16)[..., 0::2].to(torch.float32)
+        if coarsen == 0:
+            return x.view(torch.uint16)[..., 0::2].to(torch.float32)
+        return (x.view(torch.int32) & ((1 << _low_bits(x.dtype, coarsen)) - 1)).to(torch.float32)
     bits = torch.int32 if x.dtype == torch.float32 else torch.int64
     return x - (x.view(bits) & -(1 << _low_bits(x.dtype, coarsen))).view(x.dtype)
 
@@ -150,8 +169,8 @@ def _binned(s: torch.Tensor, t: torch.Tensor, want_signs: bool) -> tuple[torch.T
     value = torch.empty(s.shape[0], dtype=torch.float64)
     signs = torch.empty_like(s) if want_signs else None
     for rows, coarsen in _row_blocks(row_hi - row_lo + 1, s.shape[1] + t.shape[1]):
-        key_lo = row_lo[rows] >> coarsen
-        width = int(((row_hi[rows] >> coarsen) - key_lo).max()) + 1
+        key_lo = _rescale(row_lo[rows], coarsen)
+        width = int((_rescale(row_hi[rows], coarsen, top=True) - key_lo).max()) + 1
         edges = _edges(key_lo.unsqueeze(1) + torch.arange(width + 1, dtype=torch.int32), s.dtype, coarsen)
         edges.nan_to_num_(nan=torch.finfo(s.dtype).max, posinf=torch.finfo(s.dtype).max)  # inf/NaN: empty bins
         if rows.numel() == s.shape[0]:  # one block: no row gather
@@ -189,7 +208,7 @@ def _row_blocks(widths: torch.Tensor, entries: int):
         rows = rows.sort().values
         width = int(widths[rows].max())
         coarsen = _coarsening(width, entries)
-        block = max(1, TABLE_CELLS // ((width >> coarsen) + 1))
+        block = max(1, TABLE_CELLS // (int(_rescale(torch.tensor(width), coarsen, top=True)) + 2))
         for start in range(0, rows.numel(), block):
             yield rows[start : start + block], coarsen
 
@@ -256,7 +275,12 @@ def _binned_rows(
 
 def _bin_index(x: torch.Tensor, key_lo: torch.Tensor, coarsen: int) -> torch.Tensor:
     """Each entry's bin, 0-based from its row's lowest bin key `key_lo [n]`, as the int64 index `scatter_add_`
-    takes. The subtraction is done on the int16 keys: both are keys of non-negative floats, ≥ 0."""
+    takes. With 16 key bits or fewer the subtraction is done on the int16 keys (keys of non-negative floats,
+    ≥ 0); finer keys are the float's bits shifted."""
+    if coarsen < 0:
+        bits = torch.int32 if x.dtype == torch.float32 else torch.int64
+        keys = x.view(bits) >> _low_bits(x.dtype, coarsen)
+        return keys.sub_(key_lo.to(bits).unsqueeze(1)).long()
     index = torch.sub(_bin_keys(x), (key_lo << coarsen).to(torch.int16).unsqueeze(1)).long()
     return index.bitwise_right_shift_(coarsen) if coarsen else index
 
@@ -267,8 +291,8 @@ def _clean_integral(d_top, clean, s, t, s_index, t_index, edges, coarsen) -> tor
     offsets = torch.zeros(bin_width.shape, dtype=torch.float32 if _offsets_in_steps(s.dtype, coarsen) else s.dtype)
     offsets.scatter_add_(1, s_index, _above_edge(s, coarsen))
     offsets.scatter_add_(1, t_index, _above_edge(t, coarsen).neg_())
-    if _offsets_in_steps(s.dtype, coarsen):  # offsets in steps of (hi − lo) / 2¹⁶: ∫ D = (hi − lo)·(d_top + o/2¹⁶)
-        per_width = offsets.double().mul_(2.0**-16).add_(d_top)
+    if _offsets_in_steps(s.dtype, coarsen):  # in steps of (hi − lo)/2^b: ∫ D = (hi − lo)·(d_top + o/2^b)
+        per_width = offsets.double().mul_(2.0 ** -_low_bits(s.dtype, coarsen)).add_(d_top)
         return per_width.abs_().mul_(clean).mul_(bin_width).sum(-1)
     return d_top.double().mul_(bin_width).add_(offsets).abs_().mul_(clean).sum(-1)
 
