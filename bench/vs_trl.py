@@ -176,7 +176,7 @@ def common_args(s: Setup, name: str) -> dict:
     return {
         "output_dir": str(OUT / f"run-{name}"), "max_steps": s.warmup + s.steps, "per_device_train_batch_size": s.batch,
         "gradient_accumulation_steps": 1, "learning_rate": s.lr, "lr_scheduler_type": "constant", "warmup_steps": 0,
-        "weight_decay": 0.0, "max_grad_norm": 1.0, "optim": "adamw_torch", "seed": s.seed, "data_seed": s.seed,
+        "weight_decay": 0.0, "max_grad_norm": 1.0, "optim": "adamw_torch_fused", "seed": s.seed, "data_seed": s.seed,
         "report_to": [], "logging_steps": 10_000, "save_strategy": "no", "eval_strategy": "no", "disable_tqdm": True,
         "use_cpu": not s.gpu, "bf16": s.gpu, "gradient_checkpointing": False, "dataloader_num_workers": 0,
         "lmbda": s.lmbda, "beta": 0.5,
@@ -296,7 +296,7 @@ def floor_times(s: Setup, steps: list[dict]) -> tuple[list[dict], dict]:
     for step in steps:
         timed_one(step)
         times.append({"time": clock.phases.pop("step"), "cpu:time": clock.phases.pop("cpu:step")})
-    optimizer = torch.optim.AdamW(student.parameters(), lr=s.lr)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=s.lr, fused=True)  # as the runs ("adamw_torch_fused")
     for p in student.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
@@ -381,7 +381,7 @@ def main() -> None:
           f"{args.repeats} repeat(s) alternating ours/TRL, lmbda "
           f"{args.lmbda} (on-policy steps: {''.join('P' if p else '.' for p in pattern)}, same in both runs), "
           f"max_new_tokens = max_completion_length = {args.max_new_tokens}, temperature {args.temperature}, "
-          f"top_p 1, top_k 0, lr {args.lr} constant, AdamW, seed {args.seed}")
+          f"top_p 1, top_k 0, lr {args.lr} constant, AdamW (fused, transformers' default), seed {args.seed}")
     print("TRL: GOLDTrainer use_uld_loss, use_extended_uld, uld_use_hybrid_loss, merge bayesian, adaptive weights; "
           "ours: DistillTrainer method=gold, merge=bayesian, adaptive weights")
     sys.stdout.flush()

@@ -12,9 +12,12 @@ vocabulary sizes.
 because `|a − b| = ∫ |1[a > x] − 1[b > x]| dx` and, for sorted rows, `Σ_r 1[p↓(r) > x] = N(x)`.
 
 **Bins.** Non-negative floats sharing their high 16 bits (exponent and the top mantissa bits: 128 bins per
-octave in float32, 16 in float64; fewer, by dropping key bits, when the rows span so many octaves that the
-tables would outgrow the rows) form consecutive value intervals `[lo_k, hi_k)`. One pass gives, per row and
-bin, the counts `c_S, c_T`, the counts above the bin `A_S, A_T`, and the offsets `Σ (p − lo_k)`. On a bin,
+octave in float32, 16 in float64) form consecutive value intervals `[lo_k, hi_k)`. Each row's bins start at its
+own lowest key, and rows are processed in blocks of similar key range, so a table is about as wide as its rows'
+value range (a merged span group reaching 1e-28 does not widen everyone's). A block whose rows span so many
+octaves that the tables would outgrow the rows drops key bits; one whose rows crowd into few bins adds one.
+One pass gives, per row and bin, the counts `c_S, c_T`, the counts above the bin `A_S, A_T`, and the offsets
+`Σ (p − lo_k)`. On a bin,
 `D = N_S − N_T` stays within `[A_S − A_T − c_T, A_S + c_S − A_T]`. When that range does not straddle 0 the bin
 is *clean*: its integral is `|(A_S − A_T)(hi_k − lo_k) + Σ_S (p − lo_k) − Σ_T (p − lo_k)|`. Only the entries of
 *mixed* bins (near the few levels where the sorted curves cross: about 1-2% of entries on random logits) are
@@ -355,20 +358,28 @@ def _mixed_bins(s, t, s_at, t_at, s_index, t_index, tables, want_signs: bool):
     integral = torch.zeros(s.shape[0], dtype=torch.float64).index_add_(0, rows, per_entry)
     if not want_signs:
         return integral, None
-    # the student entries' gradient, from their tie classes (equal values in a bin, either side)
     mine = is_s.nonzero().squeeze(1)
-    tie_start = seg_start.clone()
-    tie_start[1:] |= values[1:] != values[:-1]
-    tie_last = torch.roll(tie_start, -1)
-    tie_last[-1] = True
-    tie_id = tie_start.cumsum(0) - 1
-    first, last = tie_start.nonzero().squeeze(1)[tie_id[mine]], tie_last.nonzero().squeeze(1)[tie_id[mine]]
+    signs = torch.empty(s_at.numel(), dtype=s.dtype)
+    # an untied entry has rank e = #S above + 1, and c(e) = +1 iff fewer than e teacher entries lie above it,
+    # i.e. iff D ≥ 0 just above it
+    signs[order[mine]] = torch.where(d_below[mine] >= 0, 1.0, -1.0).to(s.dtype)
+    same = (values[1:] == values[:-1]) & ~seg_start[1:]  # runs of equal values within a (row, bin) segment
+    if not bool(same.any()):
+        return integral, signs
+    # student entries tied with another entry (either side) share the mean of c over their class's ranks
+    tied = torch.zeros_like(is_s)
+    tied[1:] |= same
+    tied[:-1] |= same
+    mine = (tied & is_s).nonzero().squeeze(1)
+    starts = torch.cat([same.new_zeros(1, dtype=torch.long), same.logical_not().nonzero().squeeze(1) + 1,
+                        same.new_full((1,), values.numel(), dtype=torch.long)])  # where each run of equal values starts
+    run = torch.searchsorted(starts, mine, right=True) - 1
+    first, last = starts[run], starts[run + 1] - 1
     a = (s.shape[1] - s_below.view(-1)[seg[mine]]).double() + s_after[last]  # student entries above the value
     e = a + (s_cum[last] - s_cum[first] + is_s[first])  # ... at or above it: the tie class holds ranks (a, e]
     t_gt = (t.shape[1] - t_below.view(-1)[seg[mine]]).double() + t_after[last]  # teacher entries above it
     t_ge = t_gt + (t_cum[last] - t_cum[first] + (~is_s[first]))
     plus = (e - torch.maximum(a, t_ge)).clamp(min=0)  # its ranks r where p_T↓(r) < v
     minus = (torch.minimum(e, t_gt) - a).clamp(min=0)  # ... where p_T↓(r) > v
-    signs = torch.empty(s_at.numel(), dtype=s.dtype)
     signs[order[mine]] = ((plus - minus) / (e - a)).to(s.dtype)
     return integral, signs
