@@ -22,6 +22,11 @@ on-policy steps a sampled `generate` of exactly as many new tokens as our rollou
 `max_new_tokens`). It leaves out what any trainer must add on top: the loss itself, alignment, tokenisation and
 the optimiser step (whose cost is printed separately). It is measured right after each of our runs.
 
+CPU memory: by default (`--malloc keep`) glibc is set once, before any run, to keep freed memory for reuse
+(`distill.cpu_memory`, which `DistillTrainer` sets by default on the CPU), so ours, TRL and the floor all run
+without page-faulting fresh logits-sized buffers; `--malloc default` leaves glibc's policy for all three. The
+optimiser is transformers' default AdamW (`adamw_torch_fused`) in both trainers and in the floor's timed step.
+
 Shared machines: wall-clock times are printed as asked (the `ratio ours/TRL` and `ours step time / floor` lines),
 and next to them the CPU time of this process (`time.process_time`), which other workers' load distorts much
 less. On CPU the default is one torch thread: with two OpenMP threads on two cores that other processes also

@@ -85,13 +85,15 @@ class MergedRows:
         module doc). The part gradients are overwritten (used as scratch)."""
         total = sum(g.sum(-1) for g in grad_log_probs)  # ΣG per group
         softmax_scale = _softmax_scale(total, self.log_mass).unsqueeze(-1)
-        grad_base = self._y.new_empty(self.log_mass.numel(), self._y.shape[-1])
+        grad_base = None
         for cols, g, p in zip(self.parts, grad_log_probs, self.probs, strict=True):
             g.addcmul_(p, softmax_scale)  # G − ΣG · softmax(y_b)
             if cols is None:
                 grad_base = g
-            else:
-                grad_base.index_copy_(-1, cols, g)
+                continue
+            if grad_base is None:
+                grad_base = self._y.new_empty(self.log_mass.numel(), self._y.shape[-1])
+            grad_base.index_copy_(-1, cols, g)
         if self._base is None:
             grad = grad_base
         else:

@@ -53,6 +53,12 @@ def _logits_to_keep(model, positions: int) -> dict:
     return {"logits_to_keep": positions} if "logits_to_keep" in inspect.signature(forward).parameters else {}
 
 
+def _last_positions(logits: torch.Tensor, keep: int) -> torch.Tensor:
+    """`logits[:, -keep:]`, or `logits` itself when it holds just those positions: a full-range slice would still
+    cost a zero-filled `[B, T, V]` gradient buffer and a copy in backward."""
+    return logits if logits.shape[1] == keep else logits[:, -keep:]
+
+
 class DistillTrainer(Trainer):
     """Distil `teacher_model` into `model`.
 
@@ -143,8 +149,8 @@ class DistillTrainer(Trainer):
                 teacher_logits = self.teacher(input_ids=teacher_side.input_ids,
                                               attention_mask=teacher_side.attention_mask, use_cache=False,
                                               **_logits_to_keep(self.teacher, t_keep)).logits
-            teacher_logits = teacher_logits[:, -t_keep:]  # a model that ignores the option returns all
-        student_logits = outputs.logits[:, -s_keep:]
+            teacher_logits = _last_positions(teacher_logits, t_keep)  # a model that ignores the option returns all
+        student_logits = _last_positions(outputs.logits, s_keep)
         out = compute_objective(self.args, student_logits, batch, teacher_logits=teacher_logits, cached=cached,
                                 vocab_map=self.vocab_map, step=self.state.global_step,
                                 num_items=self._mean_units_per_process(batch) if model.training else None,
