@@ -33,6 +33,7 @@ warnings.filterwarnings("ignore")
 
 from distill import losses  # noqa: E402
 from distill.align import AlignedGroups, SpanAlignment, merge_span_log_probs  # noqa: E402
+from distill.cpu_memory import keep_freed_memory  # noqa: E402
 from distill.losses.engine import resolve_chunk_size  # noqa: E402
 
 
@@ -247,13 +248,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed calls of each loss; the median is reported (the machine is shared)")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (a smoke run)")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="'keep': glibc keeps freed memory for reuse (distill.cpu_memory, as DistillTrainer sets "
+                             "it on the CPU), for both losses; 'default': glibc's own policy")
     args = parser.parse_args()
+    kept = args.malloc == "keep" and keep_freed_memory()
     if args.quick:
         args.batch, args.length, args.student_vocab, args.teacher_vocab, args.matched, args.repeats = (
             2, 64, 4000, 6000, 2500, 1)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, B={args.batch} T={args.length} "
           f"Vs={args.student_vocab} Vt={args.teacher_vocab} matched={args.matched}")
+    print("allocator: " + ("glibc keeps freed memory (distill.cpu_memory), for both" if kept else "glibc default"))
     case = make_case(args.batch, args.length, args.student_vocab, args.teacher_vocab)
     start = time.perf_counter()
     groups = our_alignment(case)

@@ -10,6 +10,9 @@ chunk of units at a time:
                               J[positions] = d(sum per_unit)/d rows
     backward: grad_student[p] = J[p] * grad_output[unit(p)]
 
+A chunk's `d(sum per_unit)/d rows` comes from autograd through `fn`, or, for a closed-form chunk
+(`Chunk.closed_form`: the cross-tokenizer losses), from `fn` itself.
+
 `J` has the shape of the student logits: it *is* the gradient that backward hands to autograd (scaled in place),
 so the memory a loss adds on top of the logits and their gradient is one chunk of temporaries (`chunk_size`
 rows of each vocabulary), independent of B and T. The teacher is a constant (never differentiated).
