@@ -28,7 +28,7 @@ from distill.losses._common import (
     reduce_units,
 )
 from distill.losses.engine import resolve_chunk_size
-from distill.losses.merged_rows import MergedRows
+from distill.losses.merged_rows import MergedRows, floored_log
 from distill.losses.sorting import sorted_l1_and_grad
 from distill.losses.units import GroupPairFn, Parts, UnitLosses, group_units, one_group_per_position
 
@@ -139,7 +139,7 @@ def gold(
         s_logp, t_logp = student.log_probs(0), teacher.log_probs(0, exact=False)
         s_rest, t_rest = _rest_mass(s_rest_probs, student.log_mass), _rest_mass(t_rest_probs, teacher.log_mass)
         matched, grad_matched = div.jsd_and_grad(s_logp, s, t_logp, t, beta, needs_grad)
-        bucket, grad_bucket = div.jsd_and_grad(_floored_log(s_rest), s_rest, _floored_log(t_rest), t_rest, beta,
+        bucket, grad_bucket = div.jsd_and_grad(floored_log(s_rest), s_rest, floored_log(t_rest), t_rest, beta,
                                                needs_grad)
         unmatched, grad_unmatched = sorted_l1_and_grad(s_rest_probs, t_rest_probs, needs_grad)
         matched += bucket
@@ -171,10 +171,6 @@ def _rest_mass(rest_probs: torch.Tensor, log_mass: torch.Tensor) -> torch.Tensor
     deficit D = 1 − e^π of a merged group (0 for one token). Sums of non-negative terms: no cancellation."""
     deficit = torch.expm1(log_mass).neg_().clamp_(min=0.0)
     return rest_probs.sum(-1).add_(deficit).unsqueeze(-1)
-
-
-def _floored_log(x: torch.Tensor) -> torch.Tensor:
-    return x.log().clamp_(min=torch.finfo(x.dtype).min)
 
 
 def _gold_weights(matched_weight, unmatched_weight, vocab_map: VocabMap, teacher_logits) -> tuple[float, float]:

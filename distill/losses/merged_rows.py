@@ -71,8 +71,7 @@ class MergedRows:
         `log(probs[part])`, cheaper, equal up to rounding where the probability is a normal float, and the floor
         where it underflowed to 0 (fine for a side that is never differentiated: a zero probability weighs 0)."""
         if not exact:
-            logp = torch.log(self.probs[part])
-            return logp.clamp_(min=torch.finfo(logp.dtype).min)
+            return floored_log(self.probs[part])
         cols = self.parts[part]
         base_y = self._at_base(self._y)
         offset = (self.log_mass - self._at_base(self._lse)).unsqueeze(-1)
@@ -105,6 +104,11 @@ class MergedRows:
             other_grad.scatter_add_(-1, self._realised[others].unsqueeze(-1), weight)
             grad.index_copy_(0, others, other_grad)
         return grad if self.temperature == 1.0 else grad.div_(self.temperature)
+
+
+def floored_log(x: torch.Tensor) -> torch.Tensor:
+    """`log x`, with log 0 = −inf floored at the most negative finite value (0 · floor = 0, never NaN)."""
+    return x.log().clamp_(min=torch.finfo(x.dtype).min)
 
 
 def _columns(rows: torch.Tensor, cols: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:

@@ -108,9 +108,9 @@ def _coarsening(width: int, entries: int) -> int:
     return bits
 
 
-def _rescale(keys: torch.Tensor, coarsen: int, top: bool = False) -> torch.Tensor:
-    """16-bit keys as keys of the bins with `coarsen` bits dropped (negative: added); `top`: the last fine key
-    inside each coarse one rather than the first."""
+def _rescale(keys, coarsen: int, top: bool = False):
+    """16-bit keys (a tensor or an int) as keys of the bins with `coarsen` bits dropped (negative: added);
+    `top`: the last fine key inside each coarse one rather than the first."""
     if coarsen >= 0:
         return keys >> coarsen
     return ((keys + 1) << -coarsen) - 1 if top else keys << -coarsen
@@ -211,7 +211,7 @@ def _row_blocks(widths: torch.Tensor, entries: int):
         rows = rows.sort().values
         width = int(widths[rows].max())
         coarsen = _coarsening(width, entries)
-        block = max(1, TABLE_CELLS // (int(_rescale(torch.tensor(width), coarsen, top=True)) + 2))
+        block = max(1, TABLE_CELLS // (_rescale(width, coarsen, top=True) + 2))
         for start in range(0, rows.numel(), block):
             yield rows[start : start + block], coarsen
 
@@ -230,7 +230,8 @@ class _BinnedSortedL1(torch.autograd.Function):
 
 
 def _binned_rows(
-    s: torch.Tensor, t: torch.Tensor, keys: tuple[int, int], edges: torch.Tensor, signs_out: torch.Tensor | None
+    s: torch.Tensor, t: torch.Tensor, keys: tuple[torch.Tensor, int], edges: torch.Tensor,
+    signs_out: torch.Tensor | None,
 ) -> torch.Tensor:
     """The distance of each row `[n]` (float64); writes the gradient signs `[n, Vs]` into `signs_out` if given.
     `keys`: each row's lowest bin key `[n]` and the bits dropped from the 16-bit keys; `edges`: each row's bin
