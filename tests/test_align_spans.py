@@ -179,3 +179,21 @@ def test_vocab_map_matches_across_space_markers(student, teacher, tokenizer_pair
     assert len(set(vmap.student_ids.tolist())) == vmap.num_matched == len(set(vmap.teacher_ids.tolist()))
     trained = VocabMap(*tokenizer_pair)
     assert 0 < trained.student_coverage <= 1 and "tokens in common" in trained.summary()
+
+
+def test_vocab_map_loss_order_puts_matched_teacher_tokens_first(tokenizer_pair):
+    vmap = VocabMap(*tokenizer_pair)
+    columns = vmap.teacher_size + 5  # an embedding matrix padded past the tokenizer
+    order = vmap.loss_order(columns)
+    assert sorted(order.tolist()) == list(range(columns))  # a permutation of every column
+    assert order[: vmap.num_matched].tolist() == vmap.teacher_ids.tolist()
+    rest = order[vmap.num_matched:]
+    assert (rest.diff() > 0).all() and set(rest.tolist()).isdisjoint(vmap.teacher_ids.tolist())
+    reordered = vmap.in_loss_order(columns)
+    assert reordered.teacher_ids.tolist() == list(range(vmap.num_matched))
+    assert reordered.student_ids is vmap.student_ids and vmap.teacher_column is None  # the original is untouched
+    assert (reordered.teacher_column[order] == torch.arange(columns)).all()  # id -> its column
+    with pytest.raises(ValueError, match="already in loss order"):
+        reordered.loss_order(columns)
+    with pytest.raises(ValueError, match="does not fit 3 logit columns"):
+        vmap.loss_order(3)

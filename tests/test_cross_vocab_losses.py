@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distill import losses
-from distill.align import AlignedGroups, SpanAlignment, merge_span_log_probs
+from distill.align import AlignedGroups, SpanAlignment, VocabMap, merge_span_log_probs
 from tests import reference as ref
 
 
@@ -332,3 +332,43 @@ def test_sorted_l1_finer_bins_give_the_same_values_and_gradients(dtype, monkeypa
     exact, want_grad = _sorted_l1_by_autograd(student.double(), teacher.double())
     torch.testing.assert_close(results[1][0].double(), exact)
     assert torch.equal(results[1][1].double(), want_grad)
+
+
+@pytest.mark.parametrize("strategy", ["bayesian", "observed"])
+def test_gold_on_teacher_logits_in_loss_order_equals_gold_in_id_order(strategy):
+    """Teacher logits whose columns are `VocabMap.loss_order` (a permuted teacher head) give the same loss and
+    gradient as logits in id order: the matched and unmatched columns are read as slices, and the realised
+    teacher tokens of merged groups as their new columns."""
+    student, teacher, groups = _case(11, batch=3, ts=9, tt=8, vs=12, vt=15)
+    vmap = VocabMap.__new__(VocabMap)
+    vmap.student_ids, vmap.teacher_ids = torch.tensor([0, 2, 3, 7, 11]), torch.tensor([14, 2, 5, 9, 0])
+    vmap.student_size, vmap.teacher_size = 12, 15
+    mask = groups.student_group >= 0
+    assert ((groups.teacher_group >= 0).sum(-1) > (groups.teacher_group.amax(-1) + 1)).any()  # some merged rows
+    in_ids = losses.gold(student, teacher, mask, vmap, alignment=groups, merge=strategy, chunk_size=4)
+    order = vmap.loss_order(15)
+    reordered = vmap.in_loss_order(15)
+    in_order = losses.gold(student, teacher[..., order], mask, reordered, alignment=groups, merge=strategy,
+                           chunk_size=4)
+    for a, b in zip(in_ids[:3], in_order[:3], strict=True):
+        torch.testing.assert_close(a, b)
+    (g_ids,) = torch.autograd.grad(in_ids.loss, student)
+    (g_order,) = torch.autograd.grad(in_order.loss, student)
+    torch.testing.assert_close(g_ids, g_order)
+
+
+def test_gold_reads_consecutive_ids_as_slices_with_the_same_result():
+    """Matched ids that are one run (`a..b−1`) on both sides take the slice path of every part, student included
+    (its gradient is written back through a slice): the result equals the reference."""
+    student, teacher, groups = _case(4, vs=8, vt=11)
+    vmap = _Map([2, 3, 4, 5], [0, 1, 2, 3])
+    mask = groups.student_group >= 0
+    out = losses.gold(student, teacher, mask, vmap, alignment=groups, beta=0.5)
+    rows = ref.group_rows(student, teacher, groups.student_group, groups.teacher_group, groups.student_ids,
+                          groups.teacher_ids, "bayesian")
+    total = torch.stack([ref.gold_row(ps, pt, vmap.student_ids, vmap.teacher_ids, 0.5, 4 / 11, 7 / 11)[0]
+                         for ps, pt in rows]).mean()
+    assert out.loss.item() == pytest.approx(total.item(), abs=1e-6)
+    (g_ours,) = torch.autograd.grad(out.loss, student)
+    (g_ref,) = torch.autograd.grad(total, student)
+    torch.testing.assert_close(g_ours, g_ref, atol=1e-6, rtol=0)

@@ -127,6 +127,26 @@ def test_logits_only_on_scored_positions_give_the_full_loss_and_gradient(tmp_pat
     torch.testing.assert_close(windowed_grad, full_grad)
 
 
+def test_gold_teacher_head_in_loss_order_gives_the_same_loss_and_gradient(tmp_path, tokenizer_pair):
+    """GOLD scores with a copy of the teacher's head whose rows are in the loss's column order: same loss and
+    student gradient as the head in id order, and the teacher keeps its own head outside the scoring forward."""
+    student_tok, teacher_tok = tokenizer_pair
+    losses_and_grads = []
+    for in_order in (True, False):
+        trainer = _trainer(tmp_path, student_tok, teacher_tok, method="gold", teacher_head_in_loss_order=in_order)
+        head = trainer.teacher.get_output_embeddings()
+        assert (trainer._teacher_head is not None) == in_order
+        assert (trainer._loss_vocab_map.teacher_column is not None) == in_order
+        batch = trainer.builder.build(cumsum_rows(4, seed=3))
+        loss = trainer.compute_loss(trainer.model, {"batch": batch})
+        assert trainer.teacher.get_output_embeddings() is head  # restored after the forward
+        (grad,) = torch.autograd.grad(loss, trainer.model.lm_head.weight)
+        losses_and_grads.append((loss, grad))
+    (loss_a, grad_a), (loss_b, grad_b) = losses_and_grads
+    torch.testing.assert_close(loss_a, loss_b)
+    torch.testing.assert_close(grad_a, grad_b)
+
+
 def test_teacher_renders_chat_prompts_with_its_own_template(tokenizer_pair):
     student_tok, teacher_tok = tokenizer_pair
     teacher_tok = teacher_tok.__class__(tokenizer_object=teacher_tok.backend_tokenizer,

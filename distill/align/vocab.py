@@ -8,6 +8,8 @@ dictionary look-ups; the result is two aligned id tensors used as gather indices
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from distill.align.spans import token_bytes
@@ -30,9 +32,14 @@ class VocabMap:
     """Tokens with the same surface text in a student and a teacher vocabulary.
 
     Attributes:
-        student_ids, teacher_ids: `[M]` long tensors; `student_ids[i]` and `teacher_ids[i]` are the same text.
+        student_ids, teacher_ids: `[M]` long tensors; `student_ids[i]` and `teacher_ids[i]` are the same text
+            (`teacher_ids` are column numbers of the teacher's logits: its token ids, unless `in_loss_order`).
         student_size, teacher_size: vocabulary sizes (ids the tokenizers can produce).
+        teacher_column: None (the teacher's logits are in id order), or `[Vt]` long, the column of each teacher
+            token id (`in_loss_order`).
     """
+
+    teacher_column: torch.Tensor | None = None
 
     def __init__(self, student_tokenizer, teacher_tokenizer) -> None:
         student, teacher = token_bytes(student_tokenizer), token_bytes(teacher_tokenizer)
@@ -63,9 +70,35 @@ class VocabMap:
         """Share of the teacher vocabulary that has a student counterpart."""
         return self.num_matched / max(self.teacher_size, 1)
 
+    def loss_order(self, columns: int) -> torch.Tensor:
+        """`[columns]`: the teacher ids in GOLD's column order, the matched ones first (in `teacher_ids` order, i.e.
+        aligned with `student_ids`), then the rest ascending. `columns` is the width of the teacher's logits (its
+        embedding matrix may be padded past the tokenizer)."""
+        if self.teacher_column is not None:
+            raise ValueError("VocabMap.loss_order: this map is already in loss order")
+        if self.num_matched and int(self.teacher_ids.max()) >= columns:
+            raise ValueError(f"VocabMap.loss_order: teacher id {int(self.teacher_ids.max())} does not fit {columns} "
+                             "logit columns")
+        rest = torch.ones(columns, dtype=torch.bool, device=self.teacher_ids.device)
+        rest[self.teacher_ids] = False
+        return torch.cat([self.teacher_ids, rest.nonzero().squeeze(-1)])
+
+    def in_loss_order(self, columns: int) -> VocabMap:
+        """A copy of this map for teacher logits whose columns are `loss_order(columns)` (a teacher head with its
+        rows in that order): matched token i is column i, so GOLD reads the matched and unmatched columns as two
+        slices instead of two gathers, and `teacher_column` maps a realised teacher token id to its column."""
+        order = self.loss_order(columns)
+        reordered = copy.copy(self)
+        reordered.teacher_ids = torch.arange(self.num_matched, device=order.device)
+        reordered.teacher_column = torch.empty_like(order).index_put_((order,), torch.arange(columns,
+                                                                                                device=order.device))
+        return reordered
+
     def to(self, device: torch.device | str) -> VocabMap:
         self.student_ids = self.student_ids.to(device)
         self.teacher_ids = self.teacher_ids.to(device)
+        if self.teacher_column is not None:
+            self.teacher_column = self.teacher_column.to(device)
         return self
 
     def summary(self) -> str:

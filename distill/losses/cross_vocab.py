@@ -9,6 +9,7 @@ the unit of the mean is the group; `mask` must cover every aligned student posit
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import torch
@@ -153,8 +154,13 @@ def gold(
         grad_rest = grad_unmatched.mul_(w_u).add_(per_rest.unsqueeze(-1)).mul_(s_rest_probs)
         return value, (grad_matched.mul_(w_m), grad_rest), per_rest.mul_(student.log_mass.exp()).neg_()
 
+    teacher_column = getattr(vocab_map, "teacher_column", None)  # set for teacher logits in loss order
+    if alignment is not None and teacher_column is not None:
+        alignment = _teacher_ids_as_columns(alignment, teacher_column.to(device))
+    parts = tuple((_as_slice(matched), _as_slice(unmatched))
+                  for matched, unmatched in ((s_matched, s_unmatched), (t_matched, t_unmatched)))
     units = _units(pair, student_logits, teacher_logits, mask, alignment, merge, temperature, teacher_temperature,
-                   chunk_size, parts=((s_matched, s_unmatched), (t_matched, t_unmatched)))
+                   chunk_size, parts=parts)
     loss = reduce_units(units.values, reduction, num_items_in_batch, units.batch, units.index, units.layout)
     values = units.values.detach().new_zeros(units.values.numel(), 2)
     for unit_ids, part_values in collected:
@@ -192,3 +198,20 @@ def _complement(ids: torch.Tensor, size: int, side: str, vocab_map: VocabMap) ->
     keep = torch.ones(size, dtype=torch.bool, device=ids.device)
     keep[ids] = False
     return keep.nonzero().squeeze(-1)
+
+
+def _teacher_ids_as_columns(alignment: AlignedGroups, teacher_column: torch.Tensor) -> AlignedGroups:
+    """The alignment with its realised teacher tokens as columns of teacher logits in loss order (ids outside
+    the vocabulary, at ungrouped positions, are kept: the alignment check reports them if they are grouped)."""
+    ids = alignment.teacher_ids
+    inside = (ids >= 0) & (ids < teacher_column.numel())
+    columns = teacher_column[ids.clamp(0, teacher_column.numel() - 1)]
+    return dataclasses.replace(alignment, teacher_ids=torch.where(inside, columns, ids))
+
+
+def _as_slice(ids: torch.Tensor) -> torch.Tensor | slice:
+    """Consecutive ids `a, a+1, …, b−1` as `slice(a, b)`: a part read as a slice is a copy of each row's segment
+    instead of a gather (teacher logits in the loss's column order, `VocabMap.loss_order`)."""
+    if ids.numel() == 0 or int(ids[-1]) - int(ids[0]) != ids.numel() - 1 or not bool((ids.diff() == 1).all()):
+        return ids
+    return slice(int(ids[0]), int(ids[-1]) + 1)

@@ -7,8 +7,9 @@ A group covers rows k = 1..m of logits `z_k` (tempered: `y_k = z_k / τ`), reali
     ℓ(c) = y_b(c) − lse(y_b) + π,        e^ℓ = softmax(y_b) · e^π        (total mass e^π)
 
 So one softmax pass over the chunk's rows gives every merged probability, and the log-probabilities are only
-formed for the columns that need them. The columns are taken in `parts` (index tensors that together cover the
-vocabulary once, e.g. GOLD's matched and unmatched tokens), each part a contiguous `[u, C_i]` tensor.
+formed for the columns that need them. The columns are taken in `parts` (index tensors or slices that together
+cover the vocabulary once, e.g. GOLD's matched and unmatched tokens), each part a contiguous `[u, C_i]` tensor. A
+slice is a plain copy of each row's segment; an index tensor is a gather, several times slower in random order.
 
 **Gradient.** Given `G_i = ∂J/∂ℓ` on each part and `g_π`, the part of `∂J/∂π` not through `ℓ` (e.g. through the
 deficit `1 − e^π`), the total `∂J/∂π = ΣG + g_π`, `∂J/∂lse(y_b) = −ΣG` and `∂lse/∂y = softmax(y)`:
@@ -26,6 +27,8 @@ import torch
 
 from distill.align.merge import MergeStrategy, base_rows
 
+Columns = torch.Tensor | slice | None  # a part's columns: an index tensor, a slice, or None (all, in order)
+
 
 class MergedRows:
     """The merged rows of a chunk of groups: `probs[i]` (`[u, C_i]` per column part), `log_probs(i)` (built on
@@ -37,10 +40,10 @@ class MergedRows:
     """
 
     def __init__(self, logits: torch.Tensor, realised_ids: torch.Tensor, group_of_row: torch.Tensor,
-                 strategy: MergeStrategy, parts: tuple[torch.Tensor | None, ...], temperature: float = 1.0) -> None:
+                 strategy: MergeStrategy, parts: tuple[Columns, ...], temperature: float = 1.0) -> None:
         """`logits [n, V]` (a chunk's rows, any float dtype; upcast to float32 at least), `realised_ids [n]`,
-        `group_of_row [n]` (0..u-1, non-decreasing), `parts`: column index tensors covering `0..V-1` once, or
-        `(None,)` for all columns in order."""
+        `group_of_row [n]` (0..u-1, non-decreasing), `parts`: column index tensors or slices covering `0..V-1`
+        once, or `(None,)` for all columns in order."""
         y = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
         if temperature != 1.0:
             y = y / temperature
@@ -57,12 +60,26 @@ class MergedRows:
             self._others = (~is_base).nonzero().squeeze(-1)
             own = y[self._others, realised_ids[self._others]] - self._lse[self._others]
             self.log_mass.index_add_(0, group_of_row[self._others], own)
-        base_softmax = self._at_base(self._softmax)  # a copy whenever some group has several rows
         mass = None if self._base is None else self.log_mass.exp().unsqueeze(-1)
-        self.probs = tuple(_columns(base_softmax, cols, mass) for cols in parts)
+        self.probs = tuple(self._base_columns(self._softmax, cols, own=mass is not None) for cols in parts)
+        if mass is not None:
+            for probs in self.probs:
+                probs.mul_(mass)
 
     def _at_base(self, rows: torch.Tensor) -> torch.Tensor:
         return rows if self._base is None else rows.index_select(0, self._base)
+
+    def _base_columns(self, rows: torch.Tensor, cols: Columns, own: bool = False) -> torch.Tensor:
+        """`rows[base][:, cols]`, contiguous; a new tensor when `own` (the caller writes to it), else possibly
+        `rows` itself. A slice is cut before the base rows are taken, so only its columns are copied."""
+        if isinstance(cols, slice):
+            segment = rows[:, cols]
+            return segment.clone(memory_format=torch.contiguous_format) if self._base is None else \
+                segment.index_select(0, self._base)
+        part = self._at_base(rows)
+        if cols is not None:
+            return part.index_select(-1, cols)
+        return part.clone() if own and part is rows else part
 
     def log_probs(self, part: int, exact: bool = True) -> torch.Tensor:
         """`[u, C_part]`: the merged log-probabilities on a part's columns, floored at the most negative finite
@@ -72,10 +89,8 @@ class MergedRows:
         where it underflowed to 0 (fine for a side that is never differentiated: a zero probability weighs 0)."""
         if not exact:
             return floored_log(self.probs[part])
-        cols = self.parts[part]
-        base_y = self._at_base(self._y)
         offset = (self.log_mass - self._at_base(self._lse)).unsqueeze(-1)
-        logp = base_y.add(offset) if cols is None else base_y.index_select(-1, cols).add_(offset)
+        logp = self._base_columns(self._y, self.parts[part], own=True).add_(offset)
         return logp.clamp_(min=torch.finfo(logp.dtype).min)
 
     def logits_grad(self, grad_log_probs: tuple[torch.Tensor, ...], grad_log_mass: torch.Tensor | None = None
@@ -92,7 +107,10 @@ class MergedRows:
                 continue
             if grad_base is None:
                 grad_base = self._y.new_empty(self.log_mass.numel(), self._y.shape[-1])
-            grad_base.index_copy_(-1, cols, g)
+            if isinstance(cols, slice):
+                grad_base[:, cols] = g
+            else:
+                grad_base.index_copy_(-1, cols, g)
         if self._base is None:
             grad = grad_base
         else:
@@ -109,12 +127,6 @@ class MergedRows:
 def floored_log(x: torch.Tensor) -> torch.Tensor:
     """`log x`, with log 0 = −inf floored at the most negative finite value (0 · floor = 0, never NaN)."""
     return x.log().clamp_(min=torch.finfo(x.dtype).min)
-
-
-def _columns(rows: torch.Tensor, cols: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
-    """`rows[:, cols] · scale` (scaled in place: only called with a `rows` of our own when `scale` is given)."""
-    part = rows if cols is None else rows.index_select(-1, cols)
-    return part if scale is None else part.mul_(scale)
 
 
 def _softmax_scale(total: torch.Tensor, log_mass: torch.Tensor) -> torch.Tensor:

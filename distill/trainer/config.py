@@ -40,6 +40,10 @@ class DistillConfig(TrainingArguments):
     top_k: int = field(default=0)
     teacher_cache: str | None = field(default=None, metadata={"help": "offline top-k teacher cache (directory)"})
     loss_chunk_size: int | None = field(default=None, metadata={"help": "rows per loss chunk (None: automatic)"})
+    teacher_head_in_loss_order: bool = field(default=True, metadata={
+        "help": "gold: score with a copy of the teacher's output layer whose rows are in the loss's column order "
+                "(matched tokens first), so the loss slices columns instead of gathering them; costs one more "
+                "copy of the teacher's LM head in memory (distill.trainer.teacher_head)"})
     keep_freed_cpu_memory: bool = field(default=True, metadata={
         "help": "CPU runs: glibc keeps freed memory for reuse instead of page-faulting fresh logits-sized buffers "
                 "every step (distill.cpu_memory; process-wide)"})

@@ -27,6 +27,7 @@ from distill.trainer.batch import BatchBuilder, DistillBatch
 from distill.trainer.config import DistillConfig
 from distill.trainer.objective import compute_objective
 from distill.trainer.schedule import LambdaSchedule
+from distill.trainer.teacher_head import loss_order_head, output_head
 
 _SCHEDULE_FILE = "lmbda_schedule.json"
 
@@ -97,6 +98,13 @@ class DistillTrainer(Trainer):
                 self.teacher.to(self.args.device)
         self.teacher_tokenizer = teacher_tokenizer
         self.vocab_map = VocabMap(processing_class, teacher_tokenizer) if args.method == "gold" else None
+        # GOLD reads the teacher's logits in its own column order when the teacher's head can produce them so
+        # (teacher_head.py); the map handed to the loss describes the logits the scoring forward returns
+        self._teacher_head, self._loss_vocab_map = None, self.vocab_map
+        if self.vocab_map is not None and self.teacher is not None and args.teacher_head_in_loss_order:
+            reordered = loss_order_head(self.teacher, self.vocab_map)
+            if reordered is not None:
+                self._teacher_head, self._loss_vocab_map = reordered
         self.builder = BatchBuilder(processing_class, teacher_tokenizer, same_tokenizer=self.same_tokenizer,
                                     max_new_tokens=args.max_new_tokens, temperature=args.generation_temperature,
                                     top_p=args.top_p, top_k=args.top_k)
@@ -145,14 +153,14 @@ class DistillTrainer(Trainer):
             cached = self.teacher_cache.batch(batch.row_ids, batch.student.target_mask)
         else:
             teacher_side = full.teacher or full.student
-            with torch.no_grad():
+            with torch.no_grad(), output_head(self.teacher, self._teacher_head):
                 teacher_logits = self.teacher(input_ids=teacher_side.input_ids,
                                               attention_mask=teacher_side.attention_mask, use_cache=False,
                                               **_logits_to_keep(self.teacher, t_keep)).logits
             teacher_logits = _last_positions(teacher_logits, t_keep)  # a model that ignores the option returns all
         student_logits = _last_positions(outputs.logits, s_keep)
         out = compute_objective(self.args, student_logits, batch, teacher_logits=teacher_logits, cached=cached,
-                                vocab_map=self.vocab_map, step=self.state.global_step,
+                                vocab_map=self._loss_vocab_map, step=self.state.global_step,
                                 num_items=self._mean_units_per_process(batch) if model.training else None,
                                 measure=not model.training or self._logging_step())
         if model.training:
