@@ -165,6 +165,21 @@ def test_gold_argument_errors():
 
 
 
+@pytest.fixture(params=["compiled", "torch"])
+def uld_route(request, monkeypatch):
+    """Run the test on both routes of the ULD bins: the compiled kernel (`losses.native`) and the torch passes."""
+    monkeypatch.setenv("DISTILL_NATIVE", "1" if request.param == "compiled" else "0")
+    if request.param == "compiled" and losses.native.library() is None:
+        pytest.skip("no C++ compiler here: the compiled ULD kernel cannot be built")
+    return request.param
+
+
+@pytest.fixture
+def torch_route(monkeypatch):
+    """The torch passes only: for tests of their own knobs (block size, coarser and finer bins, sorted blocks)."""
+    monkeypatch.setenv("DISTILL_NATIVE", "0")
+
+
 def _sorted_l1_by_autograd(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The ULD distance and its gradient the plain way: autograd through `torch.sort`."""
     student = student.clone().requires_grad_(True)
@@ -195,7 +210,7 @@ def _crossing_cases():
 
 @pytest.mark.parametrize("case", list(_crossing_cases()))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sorted_l1_from_value_bins_matches_autograd_through_sort(case, dtype):
+def test_sorted_l1_from_value_bins_matches_autograd_through_sort(case, dtype, uld_route):
     """The CPU ULD distance (value bins, only the mixed bins sorted) against autograd through torch.sort: the
     value is the exact one (float64 sorted sum) rounded to the dtype, closer than a float32 sorted sum gets;
     the same gradient wherever ranks are unambiguous, the same sum over each tie class."""
@@ -217,7 +232,7 @@ def test_sorted_l1_from_value_bins_matches_autograd_through_sort(case, dtype):
         assert torch.equal(ours.grad[row][untied], want_grad[row][untied])
 
 
-def test_sorted_l1_splits_a_tied_run_evenly_across_a_change_of_sign():
+def test_sorted_l1_splits_a_tied_run_evenly_across_a_change_of_sign(uld_route):
     """Three tied student zeros at ranks 1-3 meet teacher values (+, 0, 0): c = (−1, 0, 0) there, so each zero's
     gradient is the mean −1/3 (autograd through a sort would give −1 to one of them and 0 to the others)."""
     student = torch.tensor([[1.0, 0.0, 0.0, 0.0]], requires_grad=True)
@@ -226,7 +241,7 @@ def test_sorted_l1_splits_a_tied_run_evenly_across_a_change_of_sign():
     torch.testing.assert_close(student.grad, torch.tensor([[1.0, -1 / 3, -1 / 3, -1 / 3]]))
 
 
-def test_sorted_l1_backward_can_run_twice():
+def test_sorted_l1_backward_can_run_twice(uld_route):
     """The saved rank signs are not scaled in place: a second backward (retain_graph) gives the same gradient."""
     torch.manual_seed(0)
     student = torch.softmax(torch.randn(3, 50), -1).requires_grad_(True)
@@ -236,7 +251,7 @@ def test_sorted_l1_backward_can_run_twice():
     assert torch.equal(first, second)
 
 
-def test_sorted_l1_row_blocks_and_no_grad_give_the_same_values(monkeypatch):
+def test_sorted_l1_row_blocks_and_no_grad_give_the_same_values(monkeypatch, torch_route):
     """Rows are binned in blocks bounded by `TABLE_CELLS`; a block of one row, and a call without gradient,
     give the same values (zeros and tiny values widen the bin range: many bins per row)."""
     torch.manual_seed(0)
@@ -259,7 +274,7 @@ def test_sorted_l1_row_blocks_and_no_grad_give_the_same_values(monkeypatch):
     assert torch.equal(ours.grad[untied].double(), want_grad[untied])
 
 
-def test_sorted_l1_non_finite_entries_spoil_only_their_row_and_negative_ones_are_refused():
+def test_sorted_l1_non_finite_entries_spoil_only_their_row_and_negative_ones_are_refused(uld_route):
     torch.manual_seed(0)
     student = torch.softmax(torch.randn(3, 100), -1)
     teacher = torch.softmax(torch.randn(3, 120), -1)
@@ -273,7 +288,7 @@ def test_sorted_l1_non_finite_entries_spoil_only_their_row_and_negative_ones_are
 
 
 @pytest.mark.parametrize("case", list(_crossing_cases()))
-def test_sorted_l1_binned_and_sorted_routes_agree(case, monkeypatch):
+def test_sorted_l1_binned_and_sorted_routes_agree(case, monkeypatch, torch_route):
     """Blocks whose mixed bins hold most entries are sorted instead: both routes give the same values (to
     float32 round-off) and the same gradients, tie means included."""
     student, teacher = _crossing_cases()[case]
@@ -290,7 +305,7 @@ def test_sorted_l1_binned_and_sorted_routes_agree(case, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sorted_l1_coarser_bins_give_the_same_values_and_gradients(dtype, monkeypatch):
+def test_sorted_l1_coarser_bins_give_the_same_values_and_gradients(dtype, monkeypatch, torch_route):
     """Rows spanning many octaves get coarser bins (key bits dropped): same value to round-off, same gradient."""
     torch.manual_seed(0)
     student = torch.softmax(torch.randn(6, 400, dtype=dtype) * 3, -1) * torch.logspace(-20, 0, 6, dtype=dtype)[:, None]
@@ -312,7 +327,7 @@ def test_sorted_l1_coarser_bins_give_the_same_values_and_gradients(dtype, monkey
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sorted_l1_finer_bins_give_the_same_values_and_gradients(dtype, monkeypatch):
+def test_sorted_l1_finer_bins_give_the_same_values_and_gradients(dtype, monkeypatch, torch_route):
     """Nearly flat rows crowd into a few bins and get finer ones (key bits added): same value to round-off, same
     gradient as with 16-bit keys, and the float64 reference's."""
     torch.manual_seed(1)

@@ -39,6 +39,8 @@ import sys
 
 import torch
 
+from distill.losses import native
+
 #: Bin-table cells (rows × bins) per block of rows: bounds the tables' memory (float32 counts, float64 sums).
 TABLE_CELLS = 1 << 20
 #: Bins per row are capped near one per `ENTRIES_PER_BIN` entries (at least `MIN_BINS`): rows spanning many
@@ -169,7 +171,17 @@ def sorted_l1_and_grad(student_probs: torch.Tensor, teacher_probs: torch.Tensor,
 
 
 def _binned(s: torch.Tensor, t: torch.Tensor, want_signs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The binned distance `[n]` and, if `want_signs`, its gradient w.r.t. the student entries `[n, Vs]`."""
+    """The binned distance `[n]` and, if `want_signs`, its gradient w.r.t. the student entries `[n, Vs]`: from the
+    compiled kernel (`native.py`, the same bins fused per row) where it is available, else as below."""
+    compiled = native.sorted_l1(s, t, want_signs)
+    if compiled is not None:
+        return compiled
+    return _binned_by_torch(s, t, want_signs)
+
+
+def _binned_by_torch(s: torch.Tensor, t: torch.Tensor, want_signs: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`_binned` with whole-tensor torch passes (the reference of the compiled kernel, and its fallback)."""
     s, t = s.contiguous(), t.contiguous()
     (s_lo, s_hi), (t_lo, t_hi) = (_key_range(x) for x in (s, t))
     if min(int(s_lo.min()), int(t_lo.min())) < 0:  # the sign bit
