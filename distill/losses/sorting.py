@@ -25,6 +25,10 @@ sorted, and their bins integrated piece by piece. Below the lowest bin only the 
 `|Vs − Vt|·lo_min`. Two nearly equal, nearly flat distributions cross everywhere; a block of rows whose mixed
 bins hold more than `MAX_MIXED_SHARE` of the entries is sorted whole instead (same value and gradient).
 
+**Routes.** `native.py` runs the same bins per row in a compiled kernel (`uld_bins.cpp`: each row's passes fused
+into loops over its entries, its tables in cache; 2.3× faster on the vs_trl bench's rows). The whole-tensor torch
+passes below are its reference in the tests and its fallback where it cannot be built.
+
 **Gradient.** The (sub)gradient w.r.t. a student probability is the sign of the sorted difference at its rank,
 `c(r) = sign(p_S↓(r) − p_T↓(r))`, with `c(r) = 1` past the teacher's length (the student's padded tail is summed);
 entries tied in value share the mean of `c` over their ranks (the same sum as any order autograd through a sort
