@@ -65,7 +65,18 @@ struct Work {
   std::vector<Entry> entries;
 };
 
-// Bins get `bits` mantissa bits of key (2^bits per octave), fewer while a row would need more than `max_bins`.
+// Widen [lo, hi] to cover the bit patterns of x[0..n).
+template <typename F>
+void widen_bit_range(const F* x, int64_t n, typename Bits<F>::U& lo, typename Bits<F>::U& hi) {
+  for (int64_t i = 0; i < n; ++i) {
+    const typename Bits<F>::U u = bits_of(x[i]);
+    lo = std::min(lo, u);
+    hi = std::max(hi, u);
+  }
+}
+
+// A bin key keeps up to kMaxKeyBits mantissa bits (2^10 bins per octave), fewer while a row would need more than
+// 2·(Vs + Vt) + 1024 bins (rows spanning many octaves): the sweep over the bins stays within a few times the entries.
 constexpr int kMaxKeyBits = 10;
 
 template <typename F>
@@ -74,21 +85,10 @@ int one_row(const F* s, const F* t, int64_t vs, int64_t vt, double* value, F* si
   const U sign_bit = U(1) << (8 * sizeof(U) - 1);
   const U inf_bits = bits_of<F>(std::numeric_limits<F>::infinity());
   U lo = ~U(0), hi = 0;
-  for (int64_t i = 0; i < vs; ++i) {
-    const U u = bits_of(s[i]);
-    lo = std::min(lo, u);
-    hi = std::max(hi, u);
-  }
-  if (hi & sign_bit || lo & sign_bit) return 1;
-  U t_lo = ~U(0), t_hi = 0;
-  for (int64_t i = 0; i < vt; ++i) {
-    const U u = bits_of(t[i]);
-    t_lo = std::min(t_lo, u);
-    t_hi = std::max(t_hi, u);
-  }
-  if (t_hi & sign_bit || t_lo & sign_bit) return 2;
-  lo = std::min(lo, t_lo);
-  hi = std::max(hi, t_hi);
+  widen_bit_range(s, vs, lo, hi);
+  if (hi & sign_bit) return 1;  // a negative value's bits are above every non-negative one's
+  widen_bit_range(t, vt, lo, hi);
+  if (hi & sign_bit) return 2;
   if (hi >= inf_bits) {  // inf or NaN entries: the row's value and gradient are NaN
     *value = std::numeric_limits<double>::quiet_NaN();
     if (signs) std::fill(signs, signs + vs, std::numeric_limits<F>::quiet_NaN());
