@@ -136,6 +136,11 @@ def test_gold_teacher_head_in_loss_order_gives_the_same_loss_and_gradient(tmp_pa
         trainer = _trainer(tmp_path, student_tok, teacher_tok, method="gold", teacher_head_in_loss_order=in_order)
         head = trainer.teacher.get_output_embeddings()
         assert (trainer._teacher_head is not None) == in_order
+        if in_order:  # a frozen copy with the teacher's dtype, not a view of (or a change to) the teacher's head
+            permuted = trainer._teacher_head.weight
+            assert not permuted.requires_grad and permuted.dtype == head.weight.dtype
+            assert permuted.data_ptr() != head.weight.data_ptr()
+            assert sorted(map(tuple, permuted.tolist())) == sorted(map(tuple, head.weight.tolist()))
         assert (trainer._loss_vocab_map.teacher_column is not None) == in_order
         batch = trainer.builder.build(cumsum_rows(4, seed=3))
         loss = trainer.compute_loss(trainer.model, {"batch": batch})

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 
-import torch
 from torch import nn
 
 from distill.align import VocabMap
@@ -29,15 +28,13 @@ def loss_order_head(teacher: nn.Module, vocab_map: VocabMap) -> tuple[nn.Linear,
     head = get_head() if get_head is not None else None
     if type(head) is not nn.Linear:
         return None
-    weight = head.weight
-    order = vocab_map.loss_order(head.out_features).to(weight.device)
-    permuted = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None, device=weight.device,
-                         dtype=weight.dtype)
-    with torch.no_grad():
-        permuted.weight.copy_(weight.index_select(0, order))
-        if head.bias is not None:
-            permuted.bias.copy_(head.bias.index_select(0, order))
-    return permuted.requires_grad_(False), vocab_map.in_loss_order(head.out_features)
+    order = vocab_map.loss_order(head.out_features).to(head.weight.device)
+    # built on the meta device and given the permuted rows: no random initialisation of a Vt × H matrix
+    permuted = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None, device="meta")
+    permuted.weight = nn.Parameter(head.weight.detach().index_select(0, order), requires_grad=False)
+    if head.bias is not None:
+        permuted.bias = nn.Parameter(head.bias.detach().index_select(0, order), requires_grad=False)
+    return permuted, vocab_map.in_loss_order(head.out_features)
 
 
 @contextlib.contextmanager
