@@ -16,6 +16,13 @@ from distill.align.spans import token_bytes
 from distill.align.token_bytes import TokenBytes
 
 
+def complement(ids: torch.Tensor, size: int) -> torch.Tensor:
+    """The ids of `0..size-1` that are not in `ids` (all below `size`), ascending."""
+    keep = torch.ones(size, dtype=torch.bool, device=ids.device)
+    keep[ids] = False
+    return keep.nonzero().squeeze(-1)
+
+
 def _first_id_per_text(table: TokenBytes) -> dict[bytes, int]:
     """bytes -> the id to use for them: regular pieces before byte-fallback ones, then the lowest id."""
     best: dict[bytes, tuple[bool, int]] = {}
@@ -79,9 +86,7 @@ class VocabMap:
         if self.num_matched and int(self.teacher_ids.max()) >= columns:
             raise ValueError(f"VocabMap.loss_order: teacher id {int(self.teacher_ids.max())} does not fit {columns} "
                              "logit columns")
-        rest = torch.ones(columns, dtype=torch.bool, device=self.teacher_ids.device)
-        rest[self.teacher_ids] = False
-        return torch.cat([self.teacher_ids, rest.nonzero().squeeze(-1)])
+        return torch.cat([self.teacher_ids, complement(self.teacher_ids, columns)])
 
     def in_loss_order(self, columns: int) -> VocabMap:
         """A copy of this map for teacher logits whose columns are `loss_order(columns)` (a teacher head with its

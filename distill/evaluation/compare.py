@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from distill.align import SpanAlignment, VocabMap
+from distill.align.vocab import complement
 
 # rows of [rows, V] float64 work at a time: bounds the temporaries to ~128 MiB whatever the vocabulary size
 _CHUNK_ELEMENTS = 1 << 24
@@ -109,12 +110,6 @@ def _chain_rule_parts(logits: torch.Tensor, ids: torch.Tensor, group_of_row: tor
     return is_last.nonzero().squeeze(-1), prefix
 
 
-def _complement(ids: torch.Tensor, size: int) -> torch.Tensor:
-    keep = torch.ones(size, dtype=torch.bool, device=ids.device)
-    keep[ids] = False
-    return keep.nonzero().squeeze(-1)
-
-
 def _bucketed(logp_last: torch.Tensor, prefix: torch.Tensor, matched: torch.Tensor, unmatched: torch.Tensor):
     """Merged rows over the matched tokens plus the rest bucket, `[G, M+1]` log-probs, from the chain-rule parts
     (`logp_last [G, V]` normalised, `prefix [G]`). The rest is summed, never computed as 1 − Σ matched (which
@@ -166,7 +161,7 @@ def cross_vocab_units(
     s_last, s_prefix = _chain_rule_parts(s_rows, s_ids[s_keep], s_group[s_keep])
     t_last, t_prefix = _chain_rule_parts(t_rows, t_ids[t_keep], t_group[t_keep])
     s_matched, t_matched = vocab_map.student_ids.to(device), vocab_map.teacher_ids.to(device)
-    s_unmatched, t_unmatched = _complement(s_matched, s_rows.shape[-1]), _complement(t_matched, t_rows.shape[-1])
+    s_unmatched, t_unmatched = complement(s_matched, s_rows.shape[-1]), complement(t_matched, t_rows.shape[-1])
     teacher_to_student = torch.full((t_rows.shape[-1],), -1, dtype=torch.long, device=device)
     teacher_to_student[t_matched] = s_matched
     out = UnitStats()

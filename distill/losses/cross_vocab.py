@@ -16,7 +16,7 @@ import torch
 
 from distill.align.merge import MergeStrategy
 from distill.align.spans import AlignedGroups
-from distill.align.vocab import VocabMap
+from distill.align.vocab import VocabMap, complement
 from distill.losses import divergences as div
 from distill.losses._common import (
     Reduction,
@@ -131,8 +131,8 @@ def gold(
     w_m, w_u = _gold_weights(matched_weight, unmatched_weight, vocab_map, teacher_logits)
     device = student_logits.device
     s_matched, t_matched = vocab_map.student_ids.to(device), vocab_map.teacher_ids.to(device)
-    s_unmatched = _complement(s_matched, student_logits.shape[-1], "student", vocab_map)
-    t_unmatched = _complement(t_matched, teacher_logits.shape[-1], "teacher", vocab_map)
+    s_unmatched = _unmatched(s_matched, student_logits.shape[-1], "student")
+    t_unmatched = _unmatched(t_matched, teacher_logits.shape[-1], "teacher")
     collected: list[tuple[torch.Tensor, torch.Tensor]] = []  # (units, [u, 2] detached parts), per chunk
 
     def pair(student: MergedRows, teacher: MergedRows, units, needs_grad: bool):
@@ -190,14 +190,13 @@ def _gold_weights(matched_weight, unmatched_weight, vocab_map: VocabMap, teacher
     return float(matched_weight), float(unmatched_weight)
 
 
-def _complement(ids: torch.Tensor, size: int, side: str, vocab_map: VocabMap) -> torch.Tensor:
+def _unmatched(ids: torch.Tensor, size: int, side: str) -> torch.Tensor:
+    """A side's columns outside its matched `ids`, after checking the ids fit its logits."""
     if ids.numel() and int(ids.max()) >= size:
         raise ValueError(
             f"gold: vocab_map has {side} id {int(ids.max())} but the {side} logits have only {size} columns"
         )
-    keep = torch.ones(size, dtype=torch.bool, device=ids.device)
-    keep[ids] = False
-    return keep.nonzero().squeeze(-1)
+    return complement(ids, size)
 
 
 def _teacher_ids_as_columns(alignment: AlignedGroups, teacher_column: torch.Tensor) -> AlignedGroups:

@@ -74,6 +74,11 @@ def _build(compiler: str, folder: Path, path: Path) -> None:
         os.replace(built, path)
 
 
+def negative_values(side: str) -> ValueError:
+    """The error of both routes for rows that are not probabilities."""
+    return ValueError(f"sorted_l1_rows takes probabilities: the {side} rows hold negative values")
+
+
 def sorted_l1(s: torch.Tensor, t: torch.Tensor, want_signs: bool) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """`(value [n], signs [n, Vs] or None)` as `sorting._binned` returns them, from the kernel; None when the kernel
     is off or unavailable, or the dtype is not float32/float64 (the caller then takes the torch route). Raises
@@ -103,6 +108,5 @@ def sorted_l1(s: torch.Tensor, t: torch.Tensor, want_signs: bool) -> tuple[torch
         with ThreadPoolExecutor(threads) as pool:
             statuses = list(pool.map(run, bounds[:-1], bounds[1:]))
     if any(statuses):
-        side = "student" if 1 in statuses else "teacher"
-        raise ValueError(f"sorted_l1_rows takes probabilities: the {side} rows hold negative values")
+        raise negative_values("student" if 1 in statuses else "teacher")
     return value.to(s.dtype), signs

@@ -189,8 +189,7 @@ def _binned_by_torch(s: torch.Tensor, t: torch.Tensor, want_signs: bool
     s, t = s.contiguous(), t.contiguous()
     (s_lo, s_hi), (t_lo, t_hi) = (_key_range(x) for x in (s, t))
     if min(int(s_lo.min()), int(t_lo.min())) < 0:  # the sign bit
-        side = "student" if int(s_lo.min()) < 0 else "teacher"
-        raise ValueError(f"sorted_l1_rows takes probabilities: the {side} rows hold negative values")
+        raise native.negative_values("student" if int(s_lo.min()) < 0 else "teacher")
     row_lo, row_hi = torch.minimum(s_lo, t_lo).int(), torch.maximum(s_hi, t_hi).int()
     value = torch.empty(s.shape[0], dtype=torch.float64)
     signs = torch.empty_like(s) if want_signs else None
